@@ -1,0 +1,189 @@
+//! Topic administration: create the topics the pipeline needs with their partition counts and
+//! replication factor, and refuse to silently use a topic that exists with other settings.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+/// A topic as the pipeline wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+}
+
+impl TopicSpec {
+    pub fn new(name: impl Into<String>, partitions: i32, replication_factor: i32) -> Self {
+        Self {
+            name: name.into(),
+            partitions,
+            replication_factor,
+        }
+    }
+}
+
+/// What [`ensure_topics`] did with one topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicOutcome {
+    Created,
+    AlreadyMatching,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopicError {
+    #[error(
+        "topic `{topic}` exists with {actual_partitions} partitions and replication factor \
+         {actual_replication}, but {wanted_partitions} partitions and replication factor \
+         {wanted_replication} are required; recreate it or change the configuration"
+    )]
+    Mismatch {
+        topic: String,
+        actual_partitions: i32,
+        actual_replication: i32,
+        wanted_partitions: i32,
+        wanted_replication: i32,
+    },
+    #[error("creating topic `{topic}` failed: {code:?}")]
+    CreateFailed {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error("Kafka admin request failed: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+impl TopicError {
+    /// Whether trying again later may succeed (a broker was unreachable, say), as opposed to a
+    /// configuration problem that needs a person.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Mismatch { .. } => false,
+            Self::CreateFailed { code, .. } => matches!(
+                code,
+                RDKafkaErrorCode::RequestTimedOut
+                    | RDKafkaErrorCode::NotController
+                    | RDKafkaErrorCode::BrokerNotAvailable
+                    | RDKafkaErrorCode::LeaderNotAvailable
+                    | RDKafkaErrorCode::NotEnoughReplicas
+            ),
+            Self::Kafka(_) => true,
+        }
+    }
+}
+
+/// Observed layout of an existing topic: partitions and the replication factor of its first partition.
+fn describe(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<(i32, i32)>, TopicError> {
+    let metadata = admin.inner().fetch_metadata(Some(topic), timeout)?;
+    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(None);
+    };
+    if found.error().is_some() || found.partitions().is_empty() {
+        return Ok(None);
+    }
+    let replication = found
+        .partitions()
+        .iter()
+        .map(|p| p.replicas().len())
+        .min()
+        .unwrap_or(0);
+    let partitions = i32::try_from(found.partitions().len()).unwrap_or(i32::MAX);
+    Ok(Some((
+        partitions,
+        i32::try_from(replication).unwrap_or(i32::MAX),
+    )))
+}
+
+fn check(spec: &TopicSpec, actual: (i32, i32)) -> Result<(), TopicError> {
+    if actual == (spec.partitions, spec.replication_factor) {
+        Ok(())
+    } else {
+        Err(TopicError::Mismatch {
+            topic: spec.name.clone(),
+            actual_partitions: actual.0,
+            actual_replication: actual.1,
+            wanted_partitions: spec.partitions,
+            wanted_replication: spec.replication_factor,
+        })
+    }
+}
+
+/// Creates every missing topic and checks that existing ones match their spec.
+pub async fn ensure_topics(
+    brokers: &str,
+    specs: &[TopicSpec],
+    timeout: Duration,
+) -> Result<Vec<TopicOutcome>, TopicError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let mut outcomes = Vec::with_capacity(specs.len());
+    for spec in specs {
+        if let Some(actual) = describe(&admin, &spec.name, timeout)? {
+            check(spec, actual)?;
+            tracing::debug!(topic = %spec.name, "topic exists with the expected layout");
+            outcomes.push(TopicOutcome::AlreadyMatching);
+            continue;
+        }
+        let new_topic = NewTopic::new(
+            &spec.name,
+            spec.partitions,
+            TopicReplication::Fixed(spec.replication_factor),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(timeout));
+        let results = admin.create_topics([&new_topic], &options).await?;
+        for result in results {
+            match result {
+                Ok(_) => {
+                    tracing::info!(
+                        topic = %spec.name,
+                        partitions = spec.partitions,
+                        replication_factor = spec.replication_factor,
+                        "created topic"
+                    );
+                    outcomes.push(TopicOutcome::Created);
+                }
+                // Someone else created it between our look and our request: verify theirs.
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    if let Some(actual) = describe(&admin, &spec.name, timeout)? {
+                        check(spec, actual)?;
+                    }
+                    outcomes.push(TopicOutcome::AlreadyMatching);
+                }
+                Err((topic, code)) => return Err(TopicError::CreateFailed { topic, code }),
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mismatch_is_reported_with_both_layouts() {
+        let spec = TopicSpec::new("orders", 5, 3);
+        assert!(check(&spec, (5, 3)).is_ok());
+        let error = check(&spec, (3, 1)).expect_err("a different layout must be refused");
+        let text = error.to_string();
+        assert!(
+            text.contains("3 partitions and replication factor 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("5 partitions and replication factor 3"),
+            "{text}"
+        );
+        assert!(!error.is_retryable());
+    }
+}

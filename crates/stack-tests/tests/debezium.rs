@@ -1,0 +1,162 @@
+//! Debezium: a row written to PostgreSQL arrives on `cdc.public.users` as a change event with the
+//! right operation, values and source LSN; update and delete (with its tombstone) follow.
+
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use stack_tests::{shared, unique_name, Stack};
+use uuid::Uuid;
+
+const TOPIC: &str = "cdc.public.users";
+
+/// "16/B374D848" -> 0x16_B374D848
+fn parse_lsn(text: &str) -> Result<u64> {
+    let (high, low) = text.split_once('/').context("LSN without '/'")?;
+    Ok((u64::from_str_radix(high, 16)? << 32) | u64::from_str_radix(low, 16)?)
+}
+
+async fn current_lsn(pool: &PgPool) -> Result<u64> {
+    let text: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(pool)
+        .await?;
+    parse_lsn(&text)
+}
+
+/// A consumer positioned at the current end of every partition of the topic.
+fn consumer_at_end(stack: &Stack) -> Result<BaseConsumer> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.brokers)
+        .set("group.id", unique_name("it_debezium"))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(TOPIC), Duration::from_secs(10))?;
+    let topic = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == TOPIC)
+        .context("topic missing")?;
+    ensure!(!topic.partitions().is_empty(), "{TOPIC} has no partitions");
+    let mut assignment = TopicPartitionList::new();
+    for partition in topic.partitions() {
+        let (_, high) =
+            consumer.fetch_watermarks(TOPIC, partition.id(), Duration::from_secs(10))?;
+        assignment.add_partition_offset(TOPIC, partition.id(), Offset::Offset(high))?;
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+/// Next record whose key names `id`: Some(value) for a change event, None for a tombstone.
+fn next_event_for(consumer: &BaseConsumer, id: Uuid) -> Result<Option<Value>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let id = id.to_string();
+    while std::time::Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message?;
+        let key: Value = serde_json::from_slice(message.key().unwrap_or_default())?;
+        if key["payload"]["id"].as_str() != Some(id.as_str()) {
+            continue;
+        }
+        return match message.payload() {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(serde_json::from_slice(bytes)?)),
+        };
+    }
+    bail!("no change event for user {id} on {TOPIC} within 90 s")
+}
+
+#[tokio::test]
+async fn postgres_changes_arrive_as_debezium_events() -> Result<()> {
+    let _shared = shared().await;
+    let stack = Stack::from_env()?;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&stack.database_url)
+        .await?;
+    let consumer = consumer_at_end(&stack)?;
+    let id = Uuid::new_v4();
+    let name = unique_name("user");
+
+    let before = current_lsn(&pool).await?;
+    sqlx::query(
+        "INSERT INTO users (id, name, email, created_at, updated_at, version) \
+         VALUES ($1, $2, $3, now(), now(), 1)",
+    )
+    .bind(id)
+    .bind(&name)
+    .bind(format!("{name}@example.com"))
+    .execute(&pool)
+    .await?;
+    let after = current_lsn(&pool).await?;
+
+    let created = next_event_for(&consumer, id)?.context("tombstone instead of a create")?;
+    let payload = &created["payload"];
+    assert_eq!(payload["op"], "c", "{created}");
+    assert_eq!(payload["after"]["id"], id.to_string());
+    assert_eq!(payload["after"]["name"], name);
+    assert_eq!(payload["after"]["email"], format!("{name}@example.com"));
+    assert_eq!(payload["after"]["version"], 1);
+    assert!(payload["before"].is_null());
+    assert_eq!(payload["source"]["table"], "users");
+    assert_eq!(payload["source"]["db"], "cdc_db");
+    let lsn = payload["source"]["lsn"]
+        .as_u64()
+        .context("source.lsn missing")?;
+    assert!(
+        (before..=after).contains(&lsn),
+        "source LSN {lsn:X} outside the insert's WAL range {before:X}..={after:X}"
+    );
+
+    sqlx::query("UPDATE users SET name = $2, version = 2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(format!("{name}-renamed"))
+        .execute(&pool)
+        .await?;
+    let updated = next_event_for(&consumer, id)?.context("tombstone instead of an update")?;
+    assert_eq!(updated["payload"]["op"], "u", "{updated}");
+    assert_eq!(
+        updated["payload"]["before"]["name"], name,
+        "REPLICA IDENTITY FULL gives the before image"
+    );
+    assert_eq!(
+        updated["payload"]["after"]["name"],
+        format!("{name}-renamed")
+    );
+    let update_lsn = updated["payload"]["source"]["lsn"]
+        .as_u64()
+        .context("source.lsn missing")?;
+    assert!(
+        update_lsn > lsn,
+        "LSNs must grow: {update_lsn:X} after {lsn:X}"
+    );
+
+    sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await?;
+    let deleted = next_event_for(&consumer, id)?.context("tombstone before the delete event")?;
+    assert_eq!(deleted["payload"]["op"], "d", "{deleted}");
+    assert!(deleted["payload"]["after"].is_null());
+    assert_eq!(deleted["payload"]["before"]["id"], id.to_string());
+    assert!(
+        next_event_for(&consumer, id)?.is_none(),
+        "a tombstone follows the delete"
+    );
+    Ok(())
+}
+
+#[test]
+fn parses_lsns() -> Result<()> {
+    assert_eq!(parse_lsn("0/1991588")?, 0x1991588);
+    assert_eq!(parse_lsn("16/B374D848")?, 0x16_B374_D848);
+    assert!(parse_lsn("nonsense").is_err());
+    Ok(())
+}

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Registers the Debezium PostgreSQL connector with Kafka Connect. Idempotent: PUT /connectors/<name>/config
+# creates the connector or updates it in place, so running this twice is harmless.
+#
+# Before registering, the CDC topics are created (3 partitions, RF 3 by default) when KAFKA_TOPICS_CMD
+# names a kafka-topics tool, so that cdc.public.users and cdc.public.orders exist even while the tables
+# are empty. Then it waits until the connector and its task are RUNNING.
+#
+# Settings (environment variables; defaults from stack/topology.env):
+#   CONNECT_URL            Kafka Connect REST endpoint            (http://127.0.0.1:8083)
+#   DATABASE_HOSTNAME      PostgreSQL host as Connect sees it     (127.0.0.1)
+#   DATABASE_PORT          PostgreSQL port                        (5432)
+#   KAFKA_BOOTSTRAP        bootstrap servers for KAFKA_TOPICS_CMD
+#   KAFKA_TOPICS_CMD       path of kafka-topics(.sh); empty = leave topic creation to Connect
+#   TOPIC_REPLICATION_FACTOR, CDC_TOPIC_PARTITIONS
+#   HEARTBEAT_INTERVAL_MS  heartbeat period                       (10000)
+#   DECIMAL_HANDLING_MODE  precise | string | double              (precise)
+#   WAIT_SECONDS           how long to wait for RUNNING           (180)
+set -Eeuo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [[ -f $here/stack/topology.env ]]; then
+    while IFS='=' read -r key value; do
+        # environment variables win over the file
+        [[ $key =~ ^[A-Z][A-Z0-9_]*$ ]] && [[ -z ${!key:-} ]] && printf -v "$key" '%s' "$value"
+    done <"$here/stack/topology.env"
+fi
+
+CONNECT_URL=${CONNECT_URL:-http://127.0.0.1:${CONNECT_PORT:-8083}}
+DATABASE_HOSTNAME=${DATABASE_HOSTNAME:-127.0.0.1}
+DATABASE_PORT=${DATABASE_PORT:-${POSTGRES_PORT:-5432}}
+CONNECTOR_NAME=${CONNECTOR_NAME:-cdc-postgres-connector}
+TOPIC_PREFIX=${DEBEZIUM_TOPIC_PREFIX:-cdc}
+TABLES=${DEBEZIUM_TABLES:-public.users,public.orders}
+SLOT=${DEBEZIUM_SLOT_NAME:-cdc_slot}
+PUBLICATION=${DEBEZIUM_PUBLICATION_NAME:-cdc_publication}
+DB=${POSTGRES_DB:-cdc_db}
+DB_USER=${POSTGRES_REPLICATION_USER:-debezium}
+DB_PASSWORD=${POSTGRES_REPLICATION_PASSWORD:-debezium_password}
+RF=${TOPIC_REPLICATION_FACTOR:-${KAFKA_DEFAULT_REPLICATION_FACTOR:-3}}
+PARTITIONS=${CDC_TOPIC_PARTITIONS:-3}
+HEARTBEAT_INTERVAL_MS=${HEARTBEAT_INTERVAL_MS:-10000}
+DECIMAL_HANDLING_MODE=${DECIMAL_HANDLING_MODE:-precise}
+WAIT_SECONDS=${WAIT_SECONDS:-180}
+KAFKA_TOPICS_CMD=${KAFKA_TOPICS_CMD:-}
+
+log() { printf '%s debezium-config: %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { printf 'debezium-config: error: %s\n' "$*" >&2; exit 1; }
+
+command -v curl >/dev/null || die "curl is required"
+
+deadline=$((SECONDS + WAIT_SECONDS))
+plugin_offered() {
+    local plugins
+    plugins=$(curl -fsS "$CONNECT_URL/connector-plugins" 2>/dev/null) || return 1
+    [[ $plugins == *io.debezium.connector.postgresql.PostgresConnector* ]]
+}
+
+# RUNNING connector and task; a FAILED one ends the wait at once with its trace.
+connector_running() {
+    local status
+    status=$(curl -fsS "$CONNECT_URL/connectors/$CONNECTOR_NAME/status" 2>/dev/null) || return 1
+    if [[ $status == *'"state":"FAILED"'* ]]; then
+        printf '%s\n' "$status" >&2
+        die "connector $CONNECTOR_NAME or its task FAILED"
+    fi
+    [[ $(grep -o '"state":"RUNNING"' <<<"$status" | wc -l) -ge 2 ]]
+}
+
+until plugin_offered; do
+    ((SECONDS < deadline)) || die "Kafka Connect at $CONNECT_URL did not offer the Debezium PostgreSQL plugin within ${WAIT_SECONDS}s"
+    sleep 2
+done
+
+if [[ -n $KAFKA_TOPICS_CMD ]]; then
+    IFS=',' read -r -a tables <<<"$TABLES"
+    for table in "${tables[@]}"; do
+        topic="$TOPIC_PREFIX.$table"
+        "$KAFKA_TOPICS_CMD" --bootstrap-server "$KAFKA_BOOTSTRAP" --create --if-not-exists --topic "$topic" \
+            --partitions "$PARTITIONS" --replication-factor "$RF" >/dev/null ||
+            die "could not create topic $topic through $KAFKA_TOPICS_CMD"
+        log "topic $topic present"
+    done
+fi
+
+# Every value is a string, as Kafka Connect expects. The password goes in the body only, never in a log.
+config=$(
+    cat <<EOF
+{
+  "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+  "tasks.max": "1",
+  "plugin.name": "pgoutput",
+  "database.hostname": "$DATABASE_HOSTNAME",
+  "database.port": "$DATABASE_PORT",
+  "database.user": "$DB_USER",
+  "database.password": "$DB_PASSWORD",
+  "database.dbname": "$DB",
+  "topic.prefix": "$TOPIC_PREFIX",
+  "table.include.list": "$TABLES",
+  "slot.name": "$SLOT",
+  "publication.name": "$PUBLICATION",
+  "publication.autocreate.mode": "disabled",
+  "snapshot.mode": "initial",
+  "decimal.handling.mode": "$DECIMAL_HANDLING_MODE",
+  "time.precision.mode": "adaptive",
+  "tombstones.on.delete": "true",
+  "heartbeat.interval.ms": "$HEARTBEAT_INTERVAL_MS",
+  "heartbeat.action.query": "INSERT INTO public.debezium_heartbeat (id, ts) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET ts = EXCLUDED.ts",
+  "poll.interval.ms": "50",
+  "max.batch.size": "2048",
+  "max.queue.size": "8192",
+  "topic.creation.default.replication.factor": "$RF",
+  "topic.creation.default.partitions": "$PARTITIONS",
+  "errors.max.retries": "-1",
+  "errors.retry.delay.initial.ms": "300",
+  "errors.retry.delay.max.ms": "10000"
+}
+EOF
+)
+
+status=$(curl -sS -o /tmp/debezium-config.$$ -w '%{http_code}' -X PUT -H 'Content-Type: application/json' \
+    --data "$config" "$CONNECT_URL/connectors/$CONNECTOR_NAME/config") || die "PUT to $CONNECT_URL failed"
+body=$(cat /tmp/debezium-config.$$)
+rm -f /tmp/debezium-config.$$
+case $status in
+    200) log "connector $CONNECTOR_NAME updated" ;;
+    201) log "connector $CONNECTOR_NAME created" ;;
+    *) die "Kafka Connect answered HTTP $status: $body" ;;
+esac
+
+until connector_running; do
+    if ((SECONDS >= deadline)); then
+        curl -sS "$CONNECT_URL/connectors/$CONNECTOR_NAME/status" >&2 || true
+        die "connector $CONNECTOR_NAME and its task were not RUNNING within ${WAIT_SECONDS}s"
+    fi
+    sleep 1
+done
+log "connector $CONNECTOR_NAME and its task are RUNNING"
