@@ -25,8 +25,8 @@ fn producer(stack: &Stack, message_timeout_ms: u32) -> Result<FutureProducer> {
         .context("creating producer")
 }
 
-/// Leader broker id of every partition of `topic`.
-fn leaders(stack: &Stack, topic: &str) -> Result<BTreeMap<i32, i32>> {
+/// Partition id -> (leader broker id, in-sync replica count) for every partition of `topic`.
+fn partition_state(stack: &Stack, topic: &str) -> Result<BTreeMap<i32, (i32, usize)>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &stack.brokers)
         .create()?;
@@ -39,25 +39,23 @@ fn leaders(stack: &Stack, topic: &str) -> Result<BTreeMap<i32, i32>> {
     Ok(topic_md
         .partitions()
         .iter()
-        .map(|p| (p.id(), p.leader()))
+        .map(|p| (p.id(), (p.leader(), p.isr().len())))
+        .collect())
+}
+
+/// Leader broker id of every partition of `topic`.
+fn leaders(stack: &Stack, topic: &str) -> Result<BTreeMap<i32, i32>> {
+    Ok(partition_state(stack, topic)?
+        .into_iter()
+        .map(|(partition, (leader, _))| (partition, leader))
         .collect())
 }
 
 /// Smallest in-sync replica set size over the topic's partitions.
 fn min_isr(stack: &Stack, topic: &str) -> Result<usize> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &stack.brokers)
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
-    let topic_md = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .context("topic missing from metadata")?;
-    topic_md
-        .partitions()
-        .iter()
-        .map(|p| p.isr().len())
+    partition_state(stack, topic)?
+        .values()
+        .map(|(_, isr)| *isr)
         .min()
         .context("topic has no partitions")
 }
