@@ -40,13 +40,15 @@ CREATE INDEX IF NOT EXISTS orders_user_id_idx ON orders (user_id);
 ALTER TABLE users REPLICA IDENTITY FULL;
 ALTER TABLE orders REPLICA IDENTITY FULL;
 
--- A user's soft delete marks their live orders deleted at the same instant.
+-- A user's soft delete marks their live orders deleted at the same instant. The consumer applies
+-- the same rule to an order that arrives after its user was deleted (see crates/core/src/pg.rs), so
+-- the result does not depend on which arrives first.
 CREATE OR REPLACE FUNCTION mark_user_orders_deleted() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE orders
        SET deleted_at = NEW.deleted_at,
-           updated_at = NEW.deleted_at
+           updated_at = GREATEST(updated_at, NEW.deleted_at)
      WHERE user_id = NEW.id
        AND deleted_at IS NULL;
     RETURN NEW;

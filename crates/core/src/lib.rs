@@ -3,5 +3,15 @@
 //!
 //! The binaries stay thin; anything with behaviour worth testing lives here.
 
+pub mod config;
+pub mod dlq;
+pub mod events;
+pub mod generator;
+pub mod ingest;
 pub mod logging;
+pub mod pg;
+pub mod producer;
+pub mod retry;
+pub mod runtime;
+pub mod shutdown;
 pub mod topics;

@@ -2,13 +2,17 @@
 //! `stack/stack.sh up`: its topology (read from `stack/topology.env` and the active profile),
 //! unique names per run, condition waits with deadlines, and service control (kill, stop, start).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
 
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -169,6 +173,50 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Reads every record of `topic` (partitions `0..partitions`) from the beginning up to the end it
+/// had when called, in offset order within each partition.
+pub fn read_topic(stack: &Stack, topic: &str, partitions: i32) -> Result<Vec<OwnedMessage>> {
+    let timeout = Duration::from_secs(10);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.brokers)
+        .set("group.id", unique_name("it_reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let mut ends = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        if high > 0 {
+            ends.insert(partition, high);
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    let mut records = Vec::new();
+    let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ends
+        .iter()
+        .any(|(p, end)| positions.get(p).copied().unwrap_or(0) < *end)
+    {
+        if std::time::Instant::now() >= deadline {
+            bail!("reading {topic} back timed out");
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message?;
+        let expected = positions.get(&message.partition()).copied().unwrap_or(0);
+        if message.offset() < expected {
+            bail!("offsets went backwards in {topic}/{}", message.partition());
+        }
+        positions.insert(message.partition(), message.offset() + 1);
+        records.push(message.detach());
+    }
+    Ok(records)
 }
 
 /// Restarts a service when dropped, so that a failing fault test leaves the stack whole.

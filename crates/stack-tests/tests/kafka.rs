@@ -4,13 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use cdc_core::topics::{ensure_topics, TopicOutcome, TopicSpec};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Message, Offset, TopicPartitionList};
-use stack_tests::{exclusive, shared, unique_name, wait_for, RestartOnDrop, Stack};
+use rdkafka::Message;
+use stack_tests::{exclusive, read_topic, shared, unique_name, wait_for, RestartOnDrop, Stack};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -60,46 +60,12 @@ fn min_isr(stack: &Stack, topic: &str) -> Result<usize> {
         .context("topic has no partitions")
 }
 
-/// Reads every record of `topic` from the beginning up to the current end; returns the payloads.
+/// Payloads of every record of `topic`.
 fn read_all(stack: &Stack, topic: &str, partitions: i32) -> Result<Vec<String>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &stack.brokers)
-        .set("group.id", unique_name("reader"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()?;
-    let mut ends = BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
-        if high > 0 {
-            ends.insert(partition, high);
-            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-        }
-    }
-    consumer.assign(&assignment)?;
-    let mut payloads = Vec::new();
-    let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while ends
+    Ok(read_topic(stack, topic, partitions)?
         .iter()
-        .any(|(p, end)| positions.get(p).copied().unwrap_or(0) < *end)
-    {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "reading {topic} back timed out"
-        );
-        if let Some(message) = consumer.poll(Duration::from_millis(500)) {
-            let message = message?;
-            positions.insert(message.partition(), message.offset() + 1);
-            let payload = message
-                .payload_view::<str>()
-                .transpose()?
-                .unwrap_or_default();
-            payloads.push(payload.to_owned());
-        }
-    }
-    Ok(payloads)
+        .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+        .collect())
 }
 
 /// Sends `count` records round-robin over the partitions; returns (acknowledged, refused) payloads.

@@ -1,0 +1,472 @@
+//! Command-line option groups shared by the binaries, each option with an environment-variable
+//! fallback (`--flag` wins over the variable, the variable over the default), plus helpers that keep
+//! secrets out of logs.
+//!
+//! A binary flattens the groups it needs into its own `clap::Parser`:
+//!
+//! ```
+//! use cdc_core::config::{KafkaArgs, LogArgs};
+//!
+//! #[derive(Debug, clap::Parser)]
+//! struct Cli {
+//!     #[command(flatten)]
+//!     log: LogArgs,
+//!     #[command(flatten)]
+//!     kafka: KafkaArgs,
+//! }
+//! ```
+
+use std::convert::Infallible;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+
+use crate::logging::{self, LogFormat};
+use crate::topics::TopicSpec;
+
+/// The local stack's three brokers.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094";
+
+/// Logging options: `--log-level` / `LOG_LEVEL` and `--log-format` / `LOG_FORMAT`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log filter: a level (error, warn, info, debug, trace) or a full filter such as
+    /// `info,rdkafka=warn`. `RUST_LOG`, when set, takes precedence.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", value_name = "FILTER")]
+    pub log_level: String,
+
+    /// Log line format: `text` for people, `json` for log collectors.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        default_value = "text",
+        value_name = "text|json"
+    )]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Installs the global tracing subscriber (see [`logging::init`]).
+    pub fn init(&self) {
+        logging::init(&self.log_level, self.log_format);
+    }
+}
+
+/// One librdkafka setting given as `KEY=VALUE`. Its value is hidden when printed with `{:?}` if the
+/// key names a credential.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaOption {
+    pub key: String,
+    pub value: String,
+}
+
+impl KafkaOption {
+    /// Whether the key names a credential or key material (`sasl.password`,
+    /// `ssl.key.password`, `ssl.key.pem`, `sasl.oauthbearer.client.secret`, …).
+    pub fn is_sensitive(&self) -> bool {
+        let key = self.key.to_ascii_lowercase();
+        [
+            "password",
+            "secret",
+            "token",
+            "jaas",
+            "credential",
+            "ssl.key.pem",
+            "private",
+        ]
+        .iter()
+        .any(|word| key.contains(word))
+    }
+}
+
+impl fmt::Debug for KafkaOption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_sensitive() {
+            write!(f, "{}=***", self.key)
+        } else {
+            write!(f, "{}={}", self.key, self.value)
+        }
+    }
+}
+
+impl FromStr for KafkaOption {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let Some((key, value)) = text.split_once('=') else {
+            return Err("expected KEY=VALUE, e.g. security.protocol=SASL_SSL".to_owned());
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err("the key before `=` is empty".to_owned());
+        }
+        Ok(Self {
+            key: key.to_owned(),
+            value: value.trim().to_owned(),
+        })
+    }
+}
+
+/// Kafka connection options: `--brokers` / `KAFKA_BROKERS` and any number of librdkafka settings
+/// through `--kafka-option KEY=VALUE` (repeatable) or `KAFKA_OPTIONS` (comma-separated), for
+/// SASL, TLS and tuning.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Bootstrap servers, comma-separated host:port.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = DEFAULT_BROKERS, value_name = "HOST:PORT,...")]
+    pub brokers: String,
+
+    /// Extra librdkafka setting, e.g. `security.protocol=SASL_SSL` or `sasl.mechanism=SCRAM-SHA-512`.
+    /// Repeat the flag, or separate settings with commas (so values cannot contain commas).
+    #[arg(
+        long = "kafka-option",
+        env = "KAFKA_OPTIONS",
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
+    pub kafka_options: Vec<KafkaOption>,
+}
+
+impl Default for KafkaArgs {
+    fn default() -> Self {
+        Self {
+            brokers: DEFAULT_BROKERS.to_owned(),
+            kafka_options: Vec::new(),
+        }
+    }
+}
+
+impl KafkaArgs {
+    /// A client configuration with `bootstrap.servers` and every extra option applied (an extra
+    /// option may override `bootstrap.servers`). Callers add their role's settings on top.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for option in &self.kafka_options {
+            config.set(&option.key, &option.value);
+        }
+        config
+    }
+}
+
+/// Names and layout of the pipeline's two business topics.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopicArgs {
+    /// Topic of user events.
+    #[arg(long, env = "USERS_TOPIC", default_value = "users")]
+    pub users_topic: String,
+
+    /// Topic of order events.
+    #[arg(long, env = "ORDERS_TOPIC", default_value = "orders")]
+    pub orders_topic: String,
+
+    /// Partitions of the users topic, used when creating it and checked when it exists.
+    #[arg(long, env = "USERS_PARTITIONS", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
+    pub users_partitions: i32,
+
+    /// Partitions of the orders topic, used when creating it and checked when it exists.
+    #[arg(long, env = "ORDERS_PARTITIONS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..))]
+    pub orders_partitions: i32,
+
+    /// Replication factor of both topics.
+    #[arg(long, env = "REPLICATION_FACTOR", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
+    pub replication_factor: i32,
+}
+
+impl TopicArgs {
+    /// The two topics as [`crate::topics::ensure_topics`] wants them: users first, then orders.
+    pub fn specs(&self) -> Vec<TopicSpec> {
+        vec![
+            TopicSpec::new(
+                &self.users_topic,
+                self.users_partitions,
+                self.replication_factor,
+            ),
+            TopicSpec::new(
+                &self.orders_topic,
+                self.orders_partitions,
+                self.replication_factor,
+            ),
+        ]
+    }
+}
+
+/// A password, token or URL with credentials: `{}` and `{:?}` print `***`; only
+/// [`Secret::expose`] gives the text, so it cannot end up in a log line by accident.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it (a connection, a client setting).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+/// Query parameters whose values are hidden by [`redact_url`].
+const SECRET_PARAMS: &[&str] = &["password", "passwd", "pwd", "secret", "token", "key"];
+
+/// A URL fit for logs: the password of `scheme://user:password@host/…` becomes `***`, and so do
+/// the values of query parameters with secret-looking names (`password=`, `sslkey=`, `token=`, …).
+///
+/// `postgres://cdc_user:s3cret@127.0.0.1:5432/cdc_db` → `postgres://cdc_user:***@127.0.0.1:5432/cdc_db`.
+/// When in doubt (an unencoded `/` or `@` in the password) it hides more rather than less.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(at) => url.split_at(at + 3),
+        None => ("", url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let mut out = String::with_capacity(url.len());
+    out.push_str(scheme);
+    let tail = if let Some(at) = rest[..authority_end].rfind('@') {
+        // user:password@host — the standard case.
+        push_userinfo(&mut out, &rest[..at]);
+        &rest[at..]
+    } else if let Some(at) = unencoded_password_end(rest, authority_end) {
+        // user:pa/ss@host — a password with an unencoded delimiter: hide up to the last `@`.
+        push_userinfo(&mut out, &rest[..at]);
+        &rest[at..]
+    } else {
+        rest
+    };
+    push_redacted_query(&mut out, tail);
+    out
+}
+
+/// Where the password ends when `rest` looks like `user:pass…@host` but the password holds a `/`,
+/// `?` or `#` (so the authority seemed to end early): the last `@`. `host:5432/db` is left alone.
+fn unencoded_password_end(rest: &str, authority_end: usize) -> Option<usize> {
+    let colon = rest[..authority_end].find(':')?;
+    let after_colon = &rest[colon + 1..authority_end];
+    if after_colon.chars().all(|c| c.is_ascii_digit()) {
+        return None; // a port
+    }
+    rest.rfind('@').filter(|at| *at > colon)
+}
+
+fn push_userinfo(out: &mut String, userinfo: &str) {
+    match userinfo.split_once(':') {
+        Some((user, _password)) => {
+            out.push_str(user);
+            out.push_str(":***");
+        }
+        None => out.push_str(userinfo),
+    }
+}
+
+fn push_redacted_query(out: &mut String, tail: &str) {
+    let Some(query_start) = tail.find('?') else {
+        out.push_str(tail);
+        return;
+    };
+    out.push_str(&tail[..=query_start]);
+    let query = &tail[query_start + 1..];
+    let (query, fragment) = match query.find('#') {
+        Some(at) => query.split_at(at),
+        None => (query, ""),
+    };
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, _)) if is_secret_param(name) => {
+                out.push_str(name);
+                out.push_str("=***");
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    out.push_str(fragment);
+}
+
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_PARAMS.iter().any(|word| name.contains(word))
+}
+
+/// Parses a duration such as `30s`, `500ms`, `5m`, `1h30m` or `1.5s` (units `ms`, `s`, `m`, `h`;
+/// a bare number means seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration".to_owned());
+    }
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("`{text}`: a number needs a unit (ms, s, m, h)"))?;
+        let (number, after) = rest.split_at(number_end);
+        let unit_end = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_end);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("`{text}`: `{number}` is not a number"))?;
+        let seconds = match unit.trim() {
+            "ms" => value / 1000.0,
+            "s" | "sec" => value,
+            "m" | "min" => value * 60.0,
+            "h" => value * 3600.0,
+            other => return Err(format!("`{text}`: unknown unit `{other}` (ms, s, m, h)")),
+        };
+        total += Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))?;
+        rest = next;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn url_passwords_are_hidden() {
+        let cases = [
+            (
+                "postgres://cdc_user:cdc_password@127.0.0.1:5432/cdc_db",
+                "postgres://cdc_user:***@127.0.0.1:5432/cdc_db",
+            ),
+            ("postgres://u:p@host", "postgres://u:***@host"),
+            (
+                "https://user:pa%40ss@host/path?x=1",
+                "https://user:***@host/path?x=1",
+            ),
+            ("redis://:only-password@host:6379", "redis://:***@host:6379"),
+            ("postgres://user@host/db", "postgres://user@host/db"),
+            ("postgres://host:5432/db", "postgres://host:5432/db"),
+            ("http://host:8080/users/@me", "http://host:8080/users/@me"),
+            ("http://user:pa/ss@host/db", "http://user:***@host/db"),
+            ("http://user:p@ss@host/db", "http://user:***@host/db"),
+            (
+                "postgres://host/db?user=a&password=hunter2&sslmode=require",
+                "postgres://host/db?user=a&password=***&sslmode=require",
+            ),
+            (
+                "postgres://u:p@host/db?sslkey=/k.pem#frag",
+                "postgres://u:***@host/db?sslkey=***#frag",
+            ),
+            ("user:secret@host:9092", "user:***@host:9092"),
+            ("127.0.0.1:9092", "127.0.0.1:9092"),
+            ("", ""),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(redact_url(url), expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret: Secret = "hunter2".parse().unwrap_or_default();
+        assert_eq!(format!("{secret}"), "***");
+        assert_eq!(format!("{secret:?}"), "***");
+        assert_eq!(secret.expose(), "hunter2");
+        let option: KafkaOption = "sasl.password=hunter2".parse().unwrap_or(KafkaOption {
+            key: String::new(),
+            value: String::new(),
+        });
+        assert_eq!(format!("{option:?}"), "sasl.password=***");
+        let plain: Result<KafkaOption, _> = "security.protocol = SASL_SSL".parse();
+        assert_eq!(
+            plain.map(|o| format!("{o:?}")),
+            Ok("security.protocol=SASL_SSL".to_owned())
+        );
+        assert!("no-equals-sign".parse::<KafkaOption>().is_err());
+        assert!("=value".parse::<KafkaOption>().is_err());
+    }
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        log: LogArgs,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        topics: TopicArgs,
+    }
+
+    #[test]
+    fn flags_parse_into_a_client_config() {
+        let cli = Cli::try_parse_from([
+            "test",
+            "--brokers",
+            "b1:9092",
+            "--kafka-option",
+            "security.protocol=SASL_SSL",
+            "--kafka-option",
+            "sasl.mechanism=SCRAM-SHA-512,sasl.username=app",
+            "--log-format",
+            "json",
+            "--orders-partitions",
+            "7",
+        ]);
+        let Ok(cli) = cli else {
+            panic!("parse failed: {cli:?}");
+        };
+        assert_eq!(cli.log.log_format, LogFormat::Json);
+        let config = cli.kafka.client_config();
+        assert_eq!(config.get("bootstrap.servers"), Some("b1:9092"));
+        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(config.get("sasl.username"), Some("app"));
+        let specs = cli.topics.specs();
+        assert_eq!(specs[1], TopicSpec::new("orders", 7, 3));
+        assert!(Cli::try_parse_from(["test", "--users-partitions", "0"]).is_err());
+        assert!(Cli::try_parse_from(["test", "--kafka-option", "oops"]).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m 5s"), Ok(Duration::from_secs(125)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

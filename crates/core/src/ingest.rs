@@ -1,0 +1,286 @@
+//! The consumer's batch handler: decode and validate business events, park the bad ones in the
+//! dead-letter topic, apply the rest to PostgreSQL with retries, and report a batch durable only
+//! when all of that has happened.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, Retryable};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::dlq::{self, DeadLetter};
+use crate::events::{self, EntityKind, Event, OrderEvent, UserEvent};
+use crate::pg;
+use crate::retry::{backoff, Classify};
+use crate::runtime::{BatchHandler, Cancelled};
+
+/// Counts for the metrics endpoint and the final summary.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub consumed: AtomicU64,
+    pub applied: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub batches: AtomicU64,
+    pub batch_micros_total: AtomicU64,
+}
+
+impl Counters {
+    /// `consumed=N applied=N dead_lettered=N batches=N`
+    pub fn summary(&self) -> String {
+        format!(
+            "consumed={} applied={} dead_lettered={} batches={}",
+            self.consumed.load(Ordering::Relaxed),
+            self.applied.load(Ordering::Relaxed),
+            self.dead_lettered.load(Ordering::Relaxed),
+            self.batches.load(Ordering::Relaxed),
+        )
+    }
+
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+pub struct EventHandler {
+    pub kind: EntityKind,
+    pub pool: PgPool,
+    pub dlq: FutureProducer,
+    /// How long an order may wait for its user before it is dead-lettered.
+    pub parent_wait: Duration,
+    pub counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for EventHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventHandler")
+            .field("kind", &self.kind)
+            .field("parent_wait", &self.parent_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs `op` until it succeeds, retrying transient errors with backoff, until `cancel` fires.
+/// A permanent error is returned to the caller.
+async fn retry_until_cancelled<T, E, F, Fut>(
+    what: &str,
+    cancel: &CancellationToken,
+    op: F,
+) -> Result<Result<T, E>, Cancelled>
+where
+    E: Classify + std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let attempt = op
+        .retry(backoff(Duration::from_secs(3600)))
+        .when(|error: &E| error.is_transient() && !cancel.is_cancelled())
+        .notify(|error: &E, delay: Duration| {
+            tracing::warn!(what, error = %error, retry_in_ms = delay.as_millis(), "transient failure; retrying");
+        });
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Err(Cancelled),
+        result = attempt => match result {
+            Err(error) if error.is_transient() => Err(Cancelled),
+            other => Ok(other),
+        },
+    }
+}
+
+impl EventHandler {
+    async fn park(
+        &self,
+        message: &OwnedMessage,
+        reason: &str,
+        error: String,
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        tracing::warn!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            reason,
+            error = %error,
+            "dead-lettering record"
+        );
+        let letter = DeadLetter {
+            source_topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key(),
+            payload: message.payload(),
+            reason,
+            error,
+        };
+        // A dead-letter write is retried until it succeeds: the record must end up somewhere.
+        let parked = retry_until_cancelled("dead-letter write", cancel, || {
+            dlq::park(&self.dlq, &letter)
+        })
+        .await?;
+        if parked.is_ok() {
+            Counters::add(&self.counters.dead_lettered, 1);
+        }
+        Ok(())
+    }
+
+    async fn apply_users(
+        &self,
+        events: &[(usize, UserEvent)],
+        batch: &[OwnedMessage],
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        let plain: Vec<UserEvent> = events.iter().map(|(_, e)| e.clone()).collect();
+        match retry_until_cancelled("apply users", cancel, || {
+            pg::apply_users(&self.pool, &plain)
+        })
+        .await?
+        {
+            Ok(_) => Counters::add(&self.counters.applied, plain.len()),
+            Err(error) => {
+                // The database refused data that passed validation: find the culprits one by one.
+                tracing::error!(error = %error, "batch refused by the database; applying one by one");
+                for (index, event) in events {
+                    let single = [event.clone()];
+                    match retry_until_cancelled("apply user", cancel, || {
+                        pg::apply_users(&self.pool, &single)
+                    })
+                    .await?
+                    {
+                        Ok(_) => Counters::add(&self.counters.applied, 1),
+                        Err(error) => {
+                            self.park(
+                                &batch[*index],
+                                "rejected_by_database",
+                                error.to_string(),
+                                cancel,
+                            )
+                            .await?
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_orders(
+        &self,
+        events: &[(usize, OrderEvent)],
+        batch: &[OwnedMessage],
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        let mut pending: Vec<(usize, OrderEvent)> = events.to_vec();
+        let mut waits = backoff(self.parent_wait).build();
+        loop {
+            let plain: Vec<OrderEvent> = pending.iter().map(|(_, e)| e.clone()).collect();
+            let outcome = match retry_until_cancelled("apply orders", cancel, || {
+                pg::apply_orders(&self.pool, &plain)
+            })
+            .await?
+            {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    tracing::error!(error = %error, "batch refused by the database; applying one by one");
+                    let mut missing = BTreeSet::new();
+                    for (index, event) in &pending {
+                        let single = [event.clone()];
+                        match retry_until_cancelled("apply order", cancel, || {
+                            pg::apply_orders(&self.pool, &single)
+                        })
+                        .await?
+                        {
+                            Ok(o) => missing.extend(o.missing_parent),
+                            Err(error) => {
+                                self.park(
+                                    &batch[*index],
+                                    "rejected_by_database",
+                                    error.to_string(),
+                                    cancel,
+                                )
+                                .await?
+                            }
+                        }
+                    }
+                    pg::OrdersApplied {
+                        rows_changed: 0,
+                        missing_parent: missing,
+                    }
+                }
+            };
+            let applied = pending
+                .iter()
+                .filter(|(_, e)| !outcome.missing_parent.contains(&e.order.id))
+                .count();
+            Counters::add(&self.counters.applied, applied);
+            pending.retain(|(_, e)| outcome.missing_parent.contains(&e.order.id));
+            if pending.is_empty() {
+                return Ok(());
+            }
+            match waits.next() {
+                Some(delay) => {
+                    tracing::debug!(
+                        orders = pending.len(),
+                        retry_in_ms = delay.as_millis(),
+                        "orders waiting for their users"
+                    );
+                    tokio::select! {
+                        biased;
+                        () = cancel.cancelled() => return Err(Cancelled),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                None => {
+                    for (index, event) in &pending {
+                        let error = format!(
+                            "user {} of order {} did not arrive within {:?}",
+                            event.order.user_id, event.order.id, self.parent_wait
+                        );
+                        self.park(&batch[*index], "missing_parent", error, cancel)
+                            .await?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+impl BatchHandler for EventHandler {
+    async fn handle(
+        &self,
+        batch: &[OwnedMessage],
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        let started = std::time::Instant::now();
+        Counters::add(&self.counters.consumed, batch.len());
+        let mut users = Vec::new();
+        let mut orders = Vec::new();
+        for (index, message) in batch.iter().enumerate() {
+            match events::decode(self.kind, message.key(), message.payload()) {
+                Ok(Event::User(e)) => users.push((index, e)),
+                Ok(Event::Order(e)) => orders.push((index, e)),
+                Err(invalid) => {
+                    self.park(message, invalid.reason(), invalid.to_string(), cancel)
+                        .await?
+                }
+            }
+        }
+        if !users.is_empty() {
+            self.apply_users(&users, batch, cancel).await?;
+        }
+        if !orders.is_empty() {
+            self.apply_orders(&orders, batch, cancel).await?;
+        }
+        Counters::add(&self.counters.batches, 1);
+        Counters::add(
+            &self.counters.batch_micros_total,
+            usize::try_from(started.elapsed().as_micros()).unwrap_or(usize::MAX),
+        );
+        Ok(())
+    }
+}

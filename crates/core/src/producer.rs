@@ -1,0 +1,548 @@
+//! The producer's work: write a [`Generator`] stream to the users and orders topics with
+//! idempotent, acks=all delivery, count every delivery report, and stop cleanly.
+//!
+//! - **Bounded memory.** At most [`ProducerSettings::max_in_flight`] records wait for their delivery
+//!   report; the loop waits for reports before generating more.
+//! - **Every record accounted for.** `sent` counts records handed to the client, `acknowledged` and
+//!   `failed` count delivery reports (a record the client refuses outright counts as failed).
+//!   Records still unconfirmed after the drain timeout are purged, which reports them as failed,
+//!   so a run normally ends with `sent == acknowledged + failed`; either way a run succeeded only
+//!   if `failed == 0` and `acknowledged == sent`.
+//! - **Pacing** with a [`tokio::time::Interval`]: the number of records allowed so far is
+//!   `rate × elapsed`, so the average rate holds without a busy loop or drift.
+//! - **Stopping.** The stream's end, `--duration` or the shutdown token end generation; in-flight
+//!   records are then given [`ProducerSettings::drain_timeout`] to be confirmed.
+
+use std::fmt;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{EntityKind, Event};
+use crate::generator::{Generator, GeneratorConfig};
+
+/// Settings the producer always uses, unless noted, whatever the extra client options say.
+const TUNABLE_DEFAULTS: &[(&str, &str)] = &[
+    ("linger.ms", "5"),
+    ("compression.type", "lz4"),
+    ("message.timeout.ms", "120000"),
+    ("client.id", "cdc-producer"),
+];
+
+/// Settings that make delivery exactly-once per partition and durable on `min.insync.replicas`
+/// brokers; never overridden.
+const REQUIRED: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
+
+/// The producer's client configuration: `base` (brokers and any extra options) plus idempotent,
+/// acks=all delivery. Extra options may change the tunables (`linger.ms`, `compression.type`,
+/// `message.timeout.ms`, `client.id`) but not `enable.idempotence` or `acks`.
+pub fn client_config(mut base: ClientConfig) -> ClientConfig {
+    for (key, value) in TUNABLE_DEFAULTS {
+        if base.get(key).is_none() {
+            base.set(*key, *value);
+        }
+    }
+    for (key, value) in REQUIRED {
+        if base.get(key).is_some_and(|given| given != *value) {
+            tracing::warn!(
+                key,
+                required = value,
+                "ignoring a Kafka option the producer must not change"
+            );
+        }
+        base.set(*key, *value);
+    }
+    base
+}
+
+/// What [`run`] does.
+#[derive(Debug, Clone)]
+pub struct ProducerSettings {
+    pub generator: GeneratorConfig,
+    /// Events per second; 0 means as fast as the cluster takes them.
+    pub rate: u32,
+    /// Stop generating after this long (a normal end).
+    pub duration: Option<Duration>,
+    pub users_topic: String,
+    pub orders_topic: String,
+    /// Records awaiting their delivery report at most.
+    pub max_in_flight: usize,
+    /// How long to wait for outstanding delivery reports once generation stopped.
+    pub drain_timeout: Duration,
+    /// Print a progress line on stderr every second when stderr is a terminal.
+    pub progress: bool,
+}
+
+impl ProducerSettings {
+    pub fn new(generator: GeneratorConfig, users_topic: &str, orders_topic: &str) -> Self {
+        Self {
+            generator,
+            rate: 0,
+            duration: None,
+            users_topic: users_topic.to_owned(),
+            orders_topic: orders_topic.to_owned(),
+            max_in_flight: 10_000,
+            drain_timeout: Duration::from_secs(30),
+            progress: true,
+        }
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The generator's stream ended.
+    Completed,
+    /// `duration` elapsed.
+    DurationElapsed,
+    /// SIGINT or SIGTERM.
+    Shutdown,
+}
+
+impl StopReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::DurationElapsed => "duration_elapsed",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The outcome of a run, printed as the producer's last line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub sent: u64,
+    pub acknowledged: u64,
+    pub failed: u64,
+    pub elapsed: Duration,
+    pub seed: u64,
+    pub stopped: StopReason,
+}
+
+impl Summary {
+    /// Every record sent was acknowledged.
+    pub fn is_success(&self) -> bool {
+        self.failed == 0 && self.acknowledged == self.sent
+    }
+
+    /// Records sent per second of the run.
+    pub fn rate(&self) -> f64 {
+        let seconds = self.elapsed.as_secs_f64();
+        if seconds > 0.0 {
+            self.sent as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    /// `producer: sent=N acknowledged=N failed=N elapsed=S.SSs rate=R events/s seed=SEED`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "producer: sent={} acknowledged={} failed={} elapsed={:.2}s rate={:.1} events/s seed={}",
+            self.sent,
+            self.acknowledged,
+            self.failed,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            self.seed
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProduceError {
+    #[error("creating the Kafka producer failed: {0}")]
+    Client(#[from] KafkaError),
+}
+
+impl ProduceError {
+    /// A client that cannot be created has a configuration problem: retrying does not help.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// Counters shared with the client's delivery callback.
+#[derive(Debug)]
+struct Counters {
+    sent: AtomicU64,
+    acknowledged: AtomicU64,
+    failed: AtomicU64,
+    /// One permit per record that may still be in flight.
+    slots: Semaphore,
+}
+
+impl Counters {
+    fn in_flight(&self) -> u64 {
+        let done = self.acknowledged.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
+        self.sent.load(Ordering::Relaxed).saturating_sub(done)
+    }
+}
+
+/// Client context: counts delivery reports, frees an in-flight slot per report, and sends
+/// librdkafka's own logs through `tracing`.
+#[derive(Debug, Clone)]
+struct DeliveryCounter {
+    counters: Arc<Counters>,
+}
+
+impl ClientContext for DeliveryCounter {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility, "{message}");
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility, "{message}");
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Brokers coming and going are reported here and retried by the client; only a fatal
+        // error (say, an idempotence violation) stops it, and the delivery reports then say so.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            tracing::error!(target: "librdkafka", %error, reason, "fatal Kafka client error");
+        } else {
+            tracing::warn!(target: "librdkafka", %error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.counters.acknowledged.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((error, message)) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    %error,
+                    "delivery failed"
+                );
+            }
+        }
+        self.counters.slots.add_permits(1);
+    }
+}
+
+/// Allows `rate × elapsed` records (plus the first) and waits on an interval for more.
+#[derive(Debug)]
+struct Pacer {
+    rate: f64,
+    started: Instant,
+    interval: Interval,
+}
+
+impl Pacer {
+    fn new(rate: u32) -> Option<Self> {
+        if rate == 0 {
+            return None;
+        }
+        let period = Duration::from_secs_f64(1.0 / f64::from(rate)).max(Duration::from_millis(1));
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        Some(Self {
+            rate: f64::from(rate),
+            started: Instant::now(),
+            interval,
+        })
+    }
+
+    fn allowance(&self) -> u64 {
+        allowance(self.rate, self.started.elapsed())
+    }
+}
+
+/// Records allowed after `elapsed` at `rate` per second: the first at once, then one per period.
+fn allowance(rate: f64, elapsed: Duration) -> u64 {
+    // Truncation is the point: whole records allowed so far.
+    (elapsed.as_secs_f64() * rate) as u64 + 1
+}
+
+/// Awaits `work` unless shutdown or the deadline comes first.
+async fn unless_stopped<F: Future>(
+    work: F,
+    shutdown: &CancellationToken,
+    deadline: Option<Instant>,
+) -> Result<F::Output, StopReason> {
+    let deadline_reached = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => Err(StopReason::Shutdown),
+        () = deadline_reached => Err(StopReason::DurationElapsed),
+        output = work => Ok(output),
+    }
+}
+
+/// Produces the configured stream until it ends, `duration` elapses or `shutdown` is cancelled,
+/// then waits (bounded) for every outstanding delivery report. The caller decides what a summary
+/// with failures means ([`Summary::is_success`]).
+pub async fn run(
+    client: ClientConfig,
+    settings: ProducerSettings,
+    shutdown: CancellationToken,
+) -> Result<Summary, ProduceError> {
+    let max_in_flight = settings
+        .max_in_flight
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let counters = Arc::new(Counters {
+        sent: AtomicU64::new(0),
+        acknowledged: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        slots: Semaphore::new(max_in_flight),
+    });
+    let producer: ThreadedProducer<DeliveryCounter> =
+        client.create_with_context(DeliveryCounter {
+            counters: Arc::clone(&counters),
+        })?;
+
+    let seed = settings.generator.seed;
+    tracing::info!(
+        seed,
+        users = settings.generator.users,
+        orders = settings.generator.orders,
+        start = %settings.generator.start.to_rfc3339(),
+        rate = settings.rate,
+        users_topic = %settings.users_topic,
+        orders_topic = %settings.orders_topic,
+        "producing"
+    );
+    let started = Instant::now();
+    let progress = (settings.progress && std::io::stderr().is_terminal())
+        .then(|| tokio::spawn(report_progress(Arc::clone(&counters), started)));
+
+    let stopped = produce(&producer, &settings, &counters, &shutdown, started).await;
+    tracing::info!(
+        reason = stopped.as_str(),
+        sent = counters.sent.load(Ordering::Relaxed),
+        in_flight = counters.in_flight(),
+        "stopped generating; waiting for outstanding deliveries"
+    );
+
+    let all_slots = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(
+        settings.drain_timeout,
+        counters.slots.acquire_many(all_slots),
+    )
+    .await;
+    if drained.is_err() {
+        tracing::error!(
+            in_flight = counters.in_flight(),
+            timeout_s = settings.drain_timeout.as_secs_f64(),
+            "deliveries still unconfirmed after the drain timeout; purging them (counted as failed)"
+        );
+    }
+    // Dropping the client purges what is left and delivers the purge reports (bounded, < 1 s).
+    let _ = tokio::task::spawn_blocking(move || drop(producer)).await;
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+
+    Ok(Summary {
+        sent: counters.sent.load(Ordering::Relaxed),
+        acknowledged: counters.acknowledged.load(Ordering::Relaxed),
+        failed: counters.failed.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+        seed,
+        stopped,
+    })
+}
+
+/// The generation loop.
+async fn produce(
+    producer: &ThreadedProducer<DeliveryCounter>,
+    settings: &ProducerSettings,
+    counters: &Counters,
+    shutdown: &CancellationToken,
+    started: Instant,
+) -> StopReason {
+    let deadline = settings.duration.map(|duration| started + duration);
+    let mut pacer = Pacer::new(settings.rate);
+    let mut generator = Generator::new(settings.generator.clone());
+    let mut sent: u64 = 0;
+    loop {
+        if shutdown.is_cancelled() {
+            return StopReason::Shutdown;
+        }
+        if deadline.is_some_and(|at| Instant::now() >= at) {
+            return StopReason::DurationElapsed;
+        }
+        if let Some(pacer) = pacer.as_mut() {
+            while pacer.allowance() <= sent {
+                if let Err(reason) = unless_stopped(pacer.interval.tick(), shutdown, deadline).await
+                {
+                    return reason;
+                }
+            }
+        } else if sent % 1024 == 0 {
+            // Flat out: let other tasks (signals, progress) run now and then.
+            tokio::task::yield_now().await;
+        }
+        match counters.slots.try_acquire() {
+            Ok(slot) => slot.forget(),
+            Err(_) => match unless_stopped(counters.slots.acquire(), shutdown, deadline).await {
+                Ok(Ok(slot)) => slot.forget(),
+                // The semaphore is never closed.
+                Ok(Err(_)) => return StopReason::Shutdown,
+                Err(reason) => return reason,
+            },
+        }
+        let Some(event) = generator.next() else {
+            counters.slots.add_permits(1);
+            return StopReason::Completed;
+        };
+        send(producer, settings, counters, &event).await;
+        sent += 1;
+    }
+}
+
+/// Hands one event to the client; a full local queue is waited out, any other refusal counts as
+/// a failed delivery.
+async fn send(
+    producer: &ThreadedProducer<DeliveryCounter>,
+    settings: &ProducerSettings,
+    counters: &Counters,
+    event: &Event,
+) {
+    let topic = match event.kind() {
+        EntityKind::User => settings.users_topic.as_str(),
+        EntityKind::Order => settings.orders_topic.as_str(),
+    };
+    let key = event.key();
+    let payload = event.to_json();
+    let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic)
+        .key(key.as_str())
+        .payload(&payload[..]);
+    counters.sent.fetch_add(1, Ordering::Relaxed);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err((error, _)) => {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                counters.slots.add_permits(1);
+                tracing::error!(topic, partition = -1, %error, "the Kafka client refused a record");
+                return;
+            }
+        }
+    }
+}
+
+/// One line per second on stderr: totals and the rate over the last second.
+async fn report_progress(counters: Arc<Counters>, started: Instant) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    interval.tick().await;
+    let mut last_sent = 0;
+    loop {
+        interval.tick().await;
+        let sent = counters.sent.load(Ordering::Relaxed);
+        eprintln!(
+            "producer: {:>6.0}s sent={} acknowledged={} failed={} in_flight={} rate={} events/s",
+            started.elapsed().as_secs_f64(),
+            sent,
+            counters.acknowledged.load(Ordering::Relaxed),
+            counters.failed.load(Ordering::Relaxed),
+            counters.in_flight(),
+            sent - last_sent
+        );
+        last_sent = sent;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durability_settings_cannot_be_overridden() {
+        let mut base = ClientConfig::new();
+        base.set("acks", "1").set("linger.ms", "50");
+        let config = client_config(base);
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(
+            config.get("linger.ms"),
+            Some("50"),
+            "tunables may be changed"
+        );
+        assert_eq!(config.get("compression.type"), Some("lz4"));
+        assert_eq!(config.get("message.timeout.ms"), Some("120000"));
+    }
+
+    #[test]
+    fn summary_line_format() {
+        let summary = Summary {
+            sent: 1_000,
+            acknowledged: 1_000,
+            failed: 0,
+            elapsed: Duration::from_millis(2_500),
+            seed: 42,
+            stopped: StopReason::Completed,
+        };
+        assert_eq!(
+            summary.to_string(),
+            "producer: sent=1000 acknowledged=1000 failed=0 elapsed=2.50s rate=400.0 events/s seed=42"
+        );
+        assert!(summary.is_success());
+        assert!(!Summary {
+            acknowledged: 999,
+            ..summary.clone()
+        }
+        .is_success());
+        assert!(!Summary {
+            failed: 1,
+            ..summary
+        }
+        .is_success());
+    }
+
+    #[test]
+    fn pacing_allows_rate_times_elapsed() {
+        assert_eq!(
+            allowance(100.0, Duration::ZERO),
+            1,
+            "the first record goes at once"
+        );
+        assert_eq!(allowance(100.0, Duration::from_millis(9)), 1);
+        assert_eq!(allowance(100.0, Duration::from_millis(500)), 51);
+        assert_eq!(allowance(0.5, Duration::from_secs(4)), 3);
+        assert!(Pacer::new(0).is_none(), "0 means unpaced");
+    }
+}
