@@ -1,15 +1,17 @@
 //! `consumer`: applies business events from Kafka to PostgreSQL, one worker per partition.
 //! See README.md for options and guarantees; the logic lives in `cdc_core::ingest`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use cdc_core::config::{KafkaArgs, LogArgs, Secret};
 use cdc_core::events::EntityKind;
-use cdc_core::ingest::{Counters, EventHandler};
+use cdc_core::ingest::EventHandler;
+use cdc_core::metrics::Metrics;
 use cdc_core::runtime::{self, RuntimeOptions};
-use cdc_core::topics::{ensure_topics, TopicSpec};
+use cdc_core::topics::{ensure_topics_with, TopicSpec};
 use clap::Parser;
 
 /// Applies User and Order events from Kafka to PostgreSQL, idempotently and in order per entity.
@@ -50,6 +52,10 @@ struct Options {
     /// How long an order waits for its user before it is dead-lettered.
     #[arg(long, env = "PARENT_WAIT_SECS", default_value_t = 30)]
     parent_wait_secs: u64,
+    /// Address of the metrics (`/metrics`, Prometheus text) and health (`/health`) endpoint;
+    /// empty to disable.
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    metrics_addr: String,
     /// Database connections (shared by all partition workers).
     #[arg(long, env = "DATABASE_CONNECTIONS", default_value_t = 8)]
     database_connections: u32,
@@ -62,10 +68,9 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = cdc_core::shutdown::install();
     tracing::info!(?options, "starting consumer");
 
-    let brokers = options.kafka.brokers.clone();
     let dlq_rf = options.replication_factor;
-    ensure_topics(
-        &brokers,
+    ensure_topics_with(
+        &options.kafka.client_config(),
         &[
             TopicSpec::new(
                 &options.users_topic,
@@ -95,8 +100,22 @@ async fn main() -> anyhow::Result<()> {
         .create()
         .context("creating the dead-letter producer")?;
 
+    let metrics = Metrics::default();
+    if !options.metrics_addr.trim().is_empty() {
+        let address: SocketAddr = options
+            .metrics_addr
+            .parse()
+            .context("parsing --metrics-addr")?;
+        let server = metrics.clone().serve(address, shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(error) = server.await {
+                tracing::error!(error = %error, "metrics endpoint failed");
+            }
+        });
+    }
     let runtime_options = RuntimeOptions {
         max_batch: options.max_batch,
+        lag: Some(metrics.lag.clone()),
         idle_timeout: (options.idle_timeout_secs > 0)
             .then(|| Duration::from_secs(options.idle_timeout_secs)),
         ..RuntimeOptions::default()
@@ -114,13 +133,12 @@ async fn main() -> anyhow::Result<()> {
             options.orders_group.clone(),
         ),
     ] {
-        let counters = Arc::new(Counters::default());
         let handler = Arc::new(EventHandler {
             kind,
             pool: pool.clone(),
             dlq: Clone::clone(&dlq),
             parent_wait: Duration::from_secs(options.parent_wait_secs),
-            counters: Arc::clone(&counters),
+            metrics: metrics.clone(),
         });
         let mut config = options.kafka.client_config();
         config
@@ -130,7 +148,6 @@ async fn main() -> anyhow::Result<()> {
         let runtime_options = runtime_options.clone();
         runs.push((
             topic.clone(),
-            counters,
             tokio::spawn(async move {
                 runtime::run(
                     config,
@@ -144,9 +161,10 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     let mut failed = false;
-    for (topic, counters, run) in runs {
+    metrics.set_ready(true);
+    for (topic, run) in runs {
         let end = run.await.context("consumer task panicked")?;
-        let summary = counters.summary();
+        let summary = metrics.summary(&topic);
         match end {
             Ok(end) => tracing::info!(topic, ?end, %summary, "finished"),
             Err(error) => {
@@ -156,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
         }
         println!("consumer: topic={topic} {summary}");
     }
+    metrics.set_ready(false);
     pool.close().await;
     if failed {
         anyhow::bail!("a consumer failed; see the log");

@@ -72,6 +72,7 @@ impl Run {
             .env("IDLE_TIMEOUT_SECS", idle_secs.to_string())
             .env("PARENT_WAIT_SECS", "20")
             .env("LOG_LEVEL", "info,rdkafka=warn")
+            .env("METRICS_ADDR", "")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         command
@@ -503,6 +504,26 @@ async fn wait_for_orders(pool: &PgPool, ids: &[Uuid], at_least: usize) -> Result
     .await
 }
 
+/// A plain HTTP/1.1 GET: (status, body).
+async fn http_get(address: &str, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .context("no status line")?
+        .parse()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
 fn terminate(child: &mut Child) -> Result<()> {
     let pid = child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status()?;
@@ -652,7 +673,30 @@ async fn an_order_before_its_user_converges_once_the_user_arrives() -> Result<()
         .iter()
         .cloned()
         .partition(|e| matches!(e, Event::User(_)));
-    let mut child = run.spawn_consumer(0)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let mut child = run
+        .consumer_command(0)
+        .env("METRICS_ADDR", &address)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    wait_for(
+        "the health endpoint to report ready",
+        Duration::from_secs(30),
+        || {
+            let address = &address;
+            async move {
+                Ok(http_get(address, "/health")
+                    .await
+                    .ok()
+                    .filter(|(status, _)| *status == 200))
+            }
+        },
+    )
+    .await?;
     run.send_events(&orders).await?;
     let pool = pool(&run.stack).await?;
     // Orders are held back (retried), not applied without their users and not dead-lettered.
@@ -664,6 +708,14 @@ async fn an_order_before_its_user_converges_once_the_user_arrives() -> Result<()
         async move { Ok((Model::read(pool, user_ids, order_ids).await? == *expected).then_some(())) }
     })
     .await?;
+    let (status, text) = http_get(&address, "/metrics").await?;
+    assert_eq!(status, 200);
+    let applied = format!(
+        "cdc_events_applied_total{{topic=\"{}\"}} ",
+        run.orders_topic
+    );
+    assert!(text.contains(&applied), "{text}");
+    assert!(text.contains("cdc_batch_duration_seconds_bucket"), "{text}");
     terminate(&mut child)?;
     let dlq = cdc_core::dlq::topic_for(&run.orders_topic);
     let consumer: BaseConsumer = ClientConfig::new()

@@ -191,6 +191,17 @@ pub enum InvalidEvent {
     },
 }
 
+/// Every value [`InvalidEvent::reason`] can return.
+pub const REASONS: [&str; 7] = [
+    "empty_payload",
+    "too_large",
+    "undecodable",
+    "wrong_type",
+    "missing_key",
+    "key_mismatch",
+    "invalid_field",
+];
+
 impl InvalidEvent {
     /// Short machine-readable reason, used as the dead-letter header and metrics label.
     pub const fn reason(&self) -> &'static str {

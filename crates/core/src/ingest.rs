@@ -3,8 +3,6 @@
 //! when all of that has happened.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, Retryable};
@@ -15,36 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dlq::{self, DeadLetter};
 use crate::events::{self, EntityKind, Event, OrderEvent, UserEvent};
+use crate::metrics::{Metrics, ReasonLabels, TopicLabels};
 use crate::pg;
 use crate::retry::{backoff, Classify};
 use crate::runtime::{BatchHandler, Cancelled};
-
-/// Counts for the metrics endpoint and the final summary.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub consumed: AtomicU64,
-    pub applied: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub batches: AtomicU64,
-    pub batch_micros_total: AtomicU64,
-}
-
-impl Counters {
-    /// `consumed=N applied=N dead_lettered=N batches=N`
-    pub fn summary(&self) -> String {
-        format!(
-            "consumed={} applied={} dead_lettered={} batches={}",
-            self.consumed.load(Ordering::Relaxed),
-            self.applied.load(Ordering::Relaxed),
-            self.dead_lettered.load(Ordering::Relaxed),
-            self.batches.load(Ordering::Relaxed),
-        )
-    }
-
-    fn add(counter: &AtomicU64, n: usize) {
-        counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
-}
 
 pub struct EventHandler {
     pub kind: EntityKind,
@@ -52,7 +24,7 @@ pub struct EventHandler {
     pub dlq: FutureProducer,
     /// How long an order may wait for its user before it is dead-lettered.
     pub parent_wait: Duration,
-    pub counters: Arc<Counters>,
+    pub metrics: Metrics,
 }
 
 impl std::fmt::Debug for EventHandler {
@@ -93,6 +65,19 @@ where
 }
 
 impl EventHandler {
+    fn applied(&self, batch: &[OwnedMessage], n: usize) {
+        let topic = TopicLabels {
+            topic: batch
+                .first()
+                .map(|m| m.topic().to_owned())
+                .unwrap_or_default(),
+        };
+        self.metrics
+            .applied
+            .get_or_create(&topic)
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
     async fn park(
         &self,
         message: &OwnedMessage,
@@ -123,7 +108,13 @@ impl EventHandler {
         })
         .await?;
         if parked.is_ok() {
-            Counters::add(&self.counters.dead_lettered, 1);
+            self.metrics
+                .dead_lettered
+                .get_or_create(&ReasonLabels {
+                    topic: message.topic().to_owned(),
+                    reason: reason.to_owned(),
+                })
+                .inc();
         }
         Ok(())
     }
@@ -140,7 +131,7 @@ impl EventHandler {
         })
         .await?
         {
-            Ok(_) => Counters::add(&self.counters.applied, plain.len()),
+            Ok(_) => self.applied(batch, plain.len()),
             Err(error) => {
                 // The database refused data that passed validation: find the culprits one by one.
                 tracing::error!(error = %error, "batch refused by the database; applying one by one");
@@ -151,7 +142,7 @@ impl EventHandler {
                     })
                     .await?
                     {
-                        Ok(_) => Counters::add(&self.counters.applied, 1),
+                        Ok(_) => self.applied(batch, 1),
                         Err(error) => {
                             self.park(
                                 &batch[*index],
@@ -216,7 +207,7 @@ impl EventHandler {
                 .iter()
                 .filter(|(_, e)| !outcome.missing_parent.contains(&e.order.id))
                 .count();
-            Counters::add(&self.counters.applied, applied);
+            self.applied(batch, applied);
             pending.retain(|(_, e)| outcome.missing_parent.contains(&e.order.id));
             if pending.is_empty() {
                 return Ok(());
@@ -257,7 +248,16 @@ impl BatchHandler for EventHandler {
         cancel: &CancellationToken,
     ) -> Result<(), Cancelled> {
         let started = std::time::Instant::now();
-        Counters::add(&self.counters.consumed, batch.len());
+        let topic = TopicLabels {
+            topic: batch
+                .first()
+                .map(|m| m.topic().to_owned())
+                .unwrap_or_default(),
+        };
+        self.metrics
+            .consumed
+            .get_or_create(&topic)
+            .inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
         let mut users = Vec::new();
         let mut orders = Vec::new();
         for (index, message) in batch.iter().enumerate() {
@@ -276,11 +276,10 @@ impl BatchHandler for EventHandler {
         if !orders.is_empty() {
             self.apply_orders(&orders, batch, cancel).await?;
         }
-        Counters::add(&self.counters.batches, 1);
-        Counters::add(
-            &self.counters.batch_micros_total,
-            usize::try_from(started.elapsed().as_micros()).unwrap_or(usize::MAX),
-        );
+        self.metrics
+            .batch_seconds
+            .get_or_create(&topic)
+            .observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 }

@@ -9,6 +9,7 @@ pub mod events;
 pub mod generator;
 pub mod ingest;
 pub mod logging;
+pub mod metrics;
 pub mod pg;
 pub mod producer;
 pub mod retry;

@@ -32,6 +32,10 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::PartitionLabels;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
 /// Makes a batch of records from one partition durable.
 pub trait BatchHandler: Send + Sync + 'static {
     /// Returns `Ok` only when every record of `batch` has been applied to the sink or parked in the
@@ -59,6 +63,8 @@ pub struct RuntimeOptions {
     pub drain_timeout: Duration,
     /// Stop when no record arrived for this long; `None` runs until cancelled.
     pub idle_timeout: Option<Duration>,
+    /// Where to report each partition's lag after every batch.
+    pub lag: Option<Family<PartitionLabels, Gauge>>,
 }
 
 impl Default for RuntimeOptions {
@@ -68,6 +74,7 @@ impl Default for RuntimeOptions {
             batch_linger: Duration::from_millis(20),
             drain_timeout: Duration::from_secs(8),
             idle_timeout: None,
+            lag: None,
         }
     }
 }
@@ -236,7 +243,23 @@ impl<H: BatchHandler> PartitionContext<H> {
     }
 }
 
-impl<H: BatchHandler> ClientContext for PartitionContext<H> {}
+impl<H: BatchHandler> ClientContext for PartitionContext<H> {
+    /// librdkafka's statistics carry each partition's lag behind the high watermark.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(lag) = &self.options.lag else { return };
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    lag.get_or_create(&PartitionLabels {
+                        topic: topic.clone(),
+                        partition: *partition,
+                    })
+                    .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl<H: BatchHandler> ConsumerContext for PartitionContext<H> {
     fn pre_rebalance(
@@ -375,6 +398,9 @@ pub async fn run<H: BatchHandler>(
     // A crashed member's partitions move on after the session timeout; drain_timeout stays below it.
     if config.get("session.timeout.ms").is_none() {
         config.set("session.timeout.ms", "10000");
+    }
+    if options.lag.is_some() && config.get("statistics.interval.ms").is_none() {
+        config.set("statistics.interval.ms", "5000");
     }
     config
         .set("enable.auto.commit", "true")

@@ -123,9 +123,21 @@ pub async fn ensure_topics(
     specs: &[TopicSpec],
     timeout: Duration,
 ) -> Result<Vec<TopicOutcome>, TopicError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+    ensure_topics_with(
+        ClientConfig::new().set("bootstrap.servers", brokers),
+        specs,
+        timeout,
+    )
+    .await
+}
+
+/// [`ensure_topics`] with a full client configuration (SASL, TLS and other settings).
+pub async fn ensure_topics_with(
+    config: &ClientConfig,
+    specs: &[TopicSpec],
+    timeout: Duration,
+) -> Result<Vec<TopicOutcome>, TopicError> {
+    let admin: AdminClient<DefaultClientContext> = config.create()?;
     let mut outcomes = Vec::with_capacity(specs.len());
     for spec in specs {
         if let Some(actual) = describe(&admin, &spec.name, timeout)? {

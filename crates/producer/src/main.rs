@@ -70,7 +70,9 @@ async fn main() -> Result<()> {
     tracing::info!(seed, start = %start.to_rfc3339(), "event stream seed (pass --seed and --start-time to repeat this run)");
 
     let specs = cli.topics.specs();
-    if let Err(error) = topics::ensure_topics(&cli.kafka.brokers, &specs, TOPIC_TIMEOUT).await {
+    if let Err(error) =
+        topics::ensure_topics_with(&cli.kafka.client_config(), &specs, TOPIC_TIMEOUT).await
+    {
         tracing::error!(%error, retryable = error.is_retryable(), "topic set-up failed");
         return Err(error).context("setting up the topics");
     }
