@@ -798,10 +798,29 @@ cmd_start() {
     say "$svc up"
 }
 
-# The main job. For now: the infrastructure up and its status; the producer, consumers and the
-# verifier join here as they are built.
+# The main job: the stack (if not up), then producer -> Kafka -> consumer -> PostgreSQL, with a
+# summary of each step. Debezium captures the changes into the cdc.public.* topics as they land.
 cmd_pipeline() {
     cmd_up
+    say "building the pipeline binaries (release)"
+    (cd "$ROOT" && cargo build --release --quiet -p producer -p consumer) || die "cargo build failed"
+    local bin="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+    export KAFKA_BROKERS="$KAFKA_BOOTSTRAP" REPLICATION_FACTOR="$KAFKA_DEFAULT_REPLICATION_FACTOR"
+    export DATABASE_URL="postgres://$POSTGRES_APP_USER:$POSTGRES_APP_PASSWORD@127.0.0.1:$POSTGRES_PORT/$POSTGRES_DB"
+    export LOG_LEVEL="${LOG_LEVEL:-info,rdkafka=warn}"
+    say "producer: ${PIPELINE_USERS:-100} users, ${PIPELINE_ORDERS:-300} orders"
+    "$bin/producer" --users "${PIPELINE_USERS:-100}" --orders "${PIPELINE_ORDERS:-300}" >"$LOGS/producer.out" \
+        2>>"$LOGS/producer.log" || { cat "$LOGS/producer.out"; fail_service producer "the producer failed"; }
+    cat "$LOGS/producer.out"
+    say "consumer: applying to PostgreSQL until idle for ${PIPELINE_IDLE_SECS:-10}s"
+    "$bin/consumer" --idle-timeout-secs "${PIPELINE_IDLE_SECS:-10}" >"$LOGS/consumer.out" 2>>"$LOGS/consumer.log" ||
+        { cat "$LOGS/consumer.out"; fail_service consumer "the consumer failed"; }
+    cat "$LOGS/consumer.out"
+    PGPASSWORD="$POSTGRES_APP_PASSWORD" "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$POSTGRES_PORT" -U "$POSTGRES_APP_USER" \
+        -d "$POSTGRES_DB" -c "SELECT (SELECT count(*) FROM users) AS users,
+                                     (SELECT count(*) FROM users WHERE deleted_at IS NOT NULL) AS users_deleted,
+                                     (SELECT count(*) FROM orders) AS orders,
+                                     (SELECT count(*) FROM orders WHERE deleted_at IS NOT NULL) AS orders_deleted"
     cmd_status
 }
 
@@ -816,7 +835,7 @@ usage() {
     cat <<EOF
 usage: stack/stack.sh <command>
 
-  pipeline            the main job: bring the stack up (if needed) and show its status
+  pipeline            the main job: stack up (if needed), producer -> Kafka -> consumer -> PostgreSQL
   test [cargo args]   bring the stack up (if needed) and run the whole test suite
   up                  fetch artifacts if needed, start every service, wait until all are healthy
                       (CDC_PROFILE=lite for 1 broker + 1 Cassandra node at RF 1)

@@ -1,6 +1,8 @@
 //! Logging set-up shared by every binary: `tracing` with levels ERROR, WARN, INFO, DEBUG and TRACE,
 //! filtered by `RUST_LOG` (or the level given on the command line), written for humans or as JSON.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{fmt, EnvFilter};
 
 /// How log lines are written.
@@ -34,7 +36,12 @@ impl std::str::FromStr for LogFormat {
 pub fn init(default_level: &str, format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = fmt().with_env_filter(filter).with_target(true);
+    // Logs go to stderr, so stdout carries only a binary's results (summary lines).
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // A subscriber may already be installed (tests, or a second call): keep that one.
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -80,6 +80,10 @@ pub async fn apply_schema(pool: &PgPool) -> Result<(), SinkError> {
     sqlx::query("SELECT pg_advisory_lock(7231001)")
         .execute(&mut *conn)
         .await?;
+    // "already exists, skipping" notices are expected on every start after the first.
+    sqlx::query("SET client_min_messages = warning")
+        .execute(&mut *conn)
+        .await?;
     let result = sqlx::raw_sql(SCHEMA).execute(&mut *conn).await;
     sqlx::query("SELECT pg_advisory_unlock(7231001)")
         .execute(&mut *conn)
