@@ -4,6 +4,7 @@
 //! The binaries stay thin; anything with behaviour worth testing lives here.
 
 pub mod config;
+pub mod debezium;
 pub mod dlq;
 pub mod events;
 pub mod generator;

@@ -1,0 +1,603 @@
+//! Debezium change events (PostgreSQL connector, JSON converter) as typed values.
+//!
+//! A record on `cdc.public.<table>` is either a change event — operation `c` (insert), `u` (update),
+//! `d` (delete), `r` (snapshot read) or `t` (truncate) with before/after images and a `source` block —
+//! or a tombstone (null value) that follows a delete for log compaction.
+//!
+//! The JSON converter may embed the Connect schema (`{"schema": …, "payload": …}`) or not. With a
+//! schema, each field's logical type decides how its value is encoded; without one, the caller's
+//! [`ColumnType`] (what the PostgreSQL column is) decides, using Debezium's default encodings:
+//!
+//! | PostgreSQL | Debezium encoding |
+//! |---|---|
+//! | UUID | string (`io.debezium.data.Uuid`) |
+//! | DATE | int32 days since 1970-01-01 (`io.debezium.time.Date`) |
+//! | TIMESTAMPTZ | ISO-8601 string (`io.debezium.time.ZonedTimestamp`) |
+//! | TIMESTAMP | int64 µs (`MicroTimestamp`), ms (`Timestamp`) or ns (`NanoTimestamp`) since the epoch |
+//! | NUMERIC | `decimal.handling.mode`: precise = base64 big-endian two's-complement unscaled bytes with the scale in the schema; string; double |
+//! | BOOLEAN, INTEGER, BIGINT, TEXT | JSON boolean, number, string |
+//!
+//! An unchanged TOASTed column arrives as `__debezium_unavailable_value`: [`Field::Unavailable`]
+//! means "leave this column as it is", never a value to write.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use base64::Engine;
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// The placeholder Debezium writes for an unchanged TOASTed column.
+pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+    /// A row read by the initial (or an incremental) snapshot.
+    Read,
+    Truncate,
+}
+
+impl Op {
+    fn parse(code: &str) -> Result<Self, EnvelopeError> {
+        match code {
+            "c" => Ok(Self::Create),
+            "u" => Ok(Self::Update),
+            "d" => Ok(Self::Delete),
+            "r" => Ok(Self::Read),
+            "t" => Ok(Self::Truncate),
+            other => Err(EnvelopeError::UnknownOp(other.to_owned())),
+        }
+    }
+}
+
+/// Where a change comes from in PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Source {
+    pub db: String,
+    pub schema: String,
+    pub table: String,
+    /// WAL position of the change (absent for some snapshot events).
+    pub lsn: Option<i64>,
+    pub tx_id: Option<i64>,
+    /// Commit time in the source, milliseconds (and microseconds when Debezium sends them).
+    pub ts_ms: i64,
+    pub ts_us: Option<i64>,
+    /// `true`, `first`, `last`, `incremental`, … while snapshotting; `false` when streaming.
+    pub snapshot: Option<String>,
+}
+
+impl Source {
+    pub fn is_snapshot(&self) -> bool {
+        self.snapshot.as_deref().is_some_and(|s| s != "false")
+    }
+
+    /// Commit time in microseconds since the epoch.
+    pub fn commit_micros(&self) -> i64 {
+        self.ts_us.unwrap_or(self.ts_ms.saturating_mul(1000))
+    }
+}
+
+/// One before or after image: column name → JSON value, with the column's Connect schema if the
+/// converter embedded one.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Image {
+    values: BTreeMap<String, Value>,
+    schemas: BTreeMap<String, Value>,
+}
+
+/// A decoded column value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field<T> {
+    Null,
+    Value(T),
+    /// Unchanged TOAST column: keep what the sink has.
+    Unavailable,
+}
+
+impl<T> Field<T> {
+    pub fn value(self) -> Option<T> {
+        match self {
+            Self::Value(v) => Some(v),
+            Self::Null | Self::Unavailable => None,
+        }
+    }
+}
+
+/// What the PostgreSQL column is; decides the decoding when there is no embedded schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    Uuid,
+    Text,
+    Int,
+    Bool,
+    Date,
+    TimestampTz,
+    /// TIMESTAMP WITHOUT TIME ZONE, read as UTC.
+    Timestamp,
+    /// NUMERIC with this scale. Without an embedded schema a string value is read as `mode` says
+    /// (a schema, when present, always decides).
+    Numeric {
+        scale: u32,
+        mode: DecimalMode,
+    },
+}
+
+/// The connector's `decimal.handling.mode`, needed only for schema-less records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecimalMode {
+    Precise,
+    String,
+    Double,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("not a Debezium envelope: {0}")]
+    NotAnEnvelope(String),
+    #[error("unknown operation `{0}`")]
+    UnknownOp(String),
+    #[error("operation {op:?} without its {image} image")]
+    MissingImage { op: Op, image: &'static str },
+    #[error("column `{column}` missing")]
+    MissingColumn { column: String },
+    #[error("column `{column}`: {problem}")]
+    BadValue { column: String, problem: String },
+}
+
+impl EnvelopeError {
+    /// Short machine-readable reason for the dead-letter topic.
+    pub const fn reason(&self) -> &'static str {
+        match self {
+            Self::NotJson(_) => "undecodable",
+            Self::NotAnEnvelope(_) => "not_an_envelope",
+            Self::UnknownOp(_) => "unknown_op",
+            Self::MissingImage { .. } => "missing_image",
+            Self::MissingColumn { .. } => "missing_column",
+            Self::BadValue { .. } => "bad_value",
+        }
+    }
+}
+
+/// A change event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub op: Op,
+    pub before: Option<Image>,
+    pub after: Option<Image>,
+    pub source: Source,
+}
+
+impl Change {
+    /// The image that describes the row now: `after`, or `before` for a delete.
+    pub fn row(&self) -> Option<&Image> {
+        match self.op {
+            Op::Delete => self.before.as_ref(),
+            _ => self.after.as_ref(),
+        }
+    }
+}
+
+/// What a record on a Debezium topic is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Change(Box<Change>),
+    /// Null value after a delete; `key` holds the primary key columns.
+    Tombstone {
+        key: Image,
+    },
+}
+
+fn bad(column: &str, problem: impl Into<String>) -> EnvelopeError {
+    EnvelopeError::BadValue {
+        column: column.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// Splits `{"schema": …, "payload": …}` into its parts; a bare payload has no schema.
+fn unwrap_schema(document: Value) -> (Value, Option<Value>) {
+    match document {
+        Value::Object(mut map) if map.contains_key("payload") && map.contains_key("schema") => {
+            let payload = map.remove("payload").unwrap_or(Value::Null);
+            let schema = map.remove("schema");
+            (payload, schema)
+        }
+        other => (other, None),
+    }
+}
+
+/// Field schemas of a struct schema, by field name.
+fn field_schemas(struct_schema: Option<&Value>) -> BTreeMap<String, Value> {
+    struct_schema
+        .and_then(|s| s.get("fields"))
+        .and_then(Value::as_array)
+        .map(|fields| {
+            fields
+                .iter()
+                .filter_map(|f| Some((f.get("field")?.as_str()?.to_owned(), f.clone())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn image(value: &Value, schema: Option<&Value>) -> Result<Option<Image>, EnvelopeError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Object(map) => Ok(Some(Image {
+            values: map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            schemas: field_schemas(schema),
+        })),
+        _ => Err(EnvelopeError::NotAnEnvelope(
+            "an image that is not an object".into(),
+        )),
+    }
+}
+
+fn source(value: &Value) -> Result<Source, EnvelopeError> {
+    let object = value
+        .as_object()
+        .ok_or_else(|| EnvelopeError::NotAnEnvelope("no source block".into()))?;
+    let text = |k: &str| object.get(k).and_then(Value::as_str).map(str::to_owned);
+    let int = |k: &str| object.get(k).and_then(Value::as_i64);
+    Ok(Source {
+        db: text("db").unwrap_or_default(),
+        schema: text("schema").unwrap_or_default(),
+        table: text("table").unwrap_or_default(),
+        lsn: int("lsn"),
+        tx_id: int("txId"),
+        ts_ms: int("ts_ms")
+            .ok_or_else(|| EnvelopeError::NotAnEnvelope("source without ts_ms".into()))?,
+        ts_us: int("ts_us"),
+        snapshot: text("snapshot"),
+    })
+}
+
+/// Parses one record: `key` and `value` as they came from Kafka (`value` None for a tombstone).
+pub fn parse(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Record, EnvelopeError> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        let key =
+            key.ok_or_else(|| EnvelopeError::NotAnEnvelope("tombstone without key".into()))?;
+        let document: Value =
+            serde_json::from_slice(key).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+        let (payload, schema) = unwrap_schema(document);
+        let key = image(&payload, schema.as_ref())?
+            .ok_or_else(|| EnvelopeError::NotAnEnvelope("null tombstone key".into()))?;
+        return Ok(Record::Tombstone { key });
+    };
+    let document: Value =
+        serde_json::from_slice(value).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+    let (payload, schema) = unwrap_schema(document);
+    let envelope = payload
+        .as_object()
+        .ok_or_else(|| EnvelopeError::NotAnEnvelope("payload is not an object".into()))?;
+    let op_code = envelope
+        .get("op")
+        .and_then(Value::as_str)
+        .ok_or_else(|| EnvelopeError::NotAnEnvelope("no op".into()))?;
+    let op = Op::parse(op_code)?;
+    let envelope_fields = field_schemas(schema.as_ref());
+    let before = image(
+        envelope.get("before").unwrap_or(&Value::Null),
+        envelope_fields.get("before"),
+    )?;
+    let after = image(
+        envelope.get("after").unwrap_or(&Value::Null),
+        envelope_fields.get("after"),
+    )?;
+    let source = source(envelope.get("source").unwrap_or(&Value::Null))?;
+    match op {
+        Op::Create | Op::Read | Op::Update if after.is_none() => {
+            return Err(EnvelopeError::MissingImage { op, image: "after" })
+        }
+        Op::Delete if before.is_none() => {
+            return Err(EnvelopeError::MissingImage {
+                op,
+                image: "before",
+            })
+        }
+        _ => {}
+    }
+    Ok(Record::Change(Box::new(Change {
+        op,
+        before,
+        after,
+        source,
+    })))
+}
+
+impl Image {
+    pub fn has(&self, column: &str) -> bool {
+        self.values.contains_key(column)
+    }
+
+    /// The raw JSON value of a column, or an error if the column is not in the image.
+    fn raw(&self, column: &str) -> Result<&Value, EnvelopeError> {
+        self.values
+            .get(column)
+            .ok_or_else(|| EnvelopeError::MissingColumn {
+                column: column.to_owned(),
+            })
+    }
+
+    /// Logical type name from the embedded schema (`io.debezium.time.Date`, …), if any.
+    fn logical(&self, column: &str) -> Option<&str> {
+        self.schemas
+            .get(column)
+            .and_then(|s| s.get("name"))
+            .and_then(Value::as_str)
+    }
+
+    fn decimal_scale(&self, column: &str) -> Option<u32> {
+        self.schemas
+            .get(column)?
+            .get("parameters")?
+            .get("scale")?
+            .as_str()?
+            .parse()
+            .ok()
+    }
+
+    /// Decodes a column as the PostgreSQL type `ty`.
+    pub fn get(&self, column: &str, ty: ColumnType) -> Result<Field<Cell>, EnvelopeError> {
+        let raw = self.raw(column)?;
+        match raw {
+            Value::Null => return Ok(Field::Null),
+            Value::String(s) if s == UNAVAILABLE => return Ok(Field::Unavailable),
+            _ => {}
+        }
+        let cell = match ty {
+            ColumnType::Uuid => Cell::Uuid(
+                raw.as_str()
+                    .and_then(|s| Uuid::from_str(s).ok())
+                    .ok_or_else(|| bad(column, "not a UUID"))?,
+            ),
+            ColumnType::Text => Cell::Text(
+                raw.as_str()
+                    .ok_or_else(|| bad(column, "not a string"))?
+                    .to_owned(),
+            ),
+            ColumnType::Int => {
+                Cell::Int(raw.as_i64().ok_or_else(|| bad(column, "not an integer"))?)
+            }
+            ColumnType::Bool => {
+                Cell::Bool(raw.as_bool().ok_or_else(|| bad(column, "not a boolean"))?)
+            }
+            ColumnType::Date => Cell::Date(self.date(column, raw)?),
+            ColumnType::TimestampTz | ColumnType::Timestamp => {
+                Cell::Timestamp(self.timestamp(column, raw)?)
+            }
+            ColumnType::Numeric { scale, mode } => {
+                Cell::Decimal(self.decimal(column, raw, scale, mode)?)
+            }
+        };
+        Ok(Field::Value(cell))
+    }
+
+    fn date(&self, column: &str, raw: &Value) -> Result<NaiveDate, EnvelopeError> {
+        if let Some(days) = raw.as_i64() {
+            return NaiveDate::from_ymd_opt(1970, 1, 1)
+                .and_then(|epoch| epoch.checked_add_signed(TimeDelta::try_days(days)?))
+                .ok_or_else(|| bad(column, format!("{days} days is out of range")));
+        }
+        raw.as_str()
+            .and_then(|s| NaiveDate::from_str(s).ok())
+            .ok_or_else(|| bad(column, "not a date"))
+    }
+
+    fn timestamp(&self, column: &str, raw: &Value) -> Result<DateTime<Utc>, EnvelopeError> {
+        if let Some(text) = raw.as_str() {
+            return DateTime::parse_from_rfc3339(text)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| bad(column, format!("not an ISO-8601 timestamp: {e}")));
+        }
+        let n = raw.as_i64().ok_or_else(|| bad(column, "not a timestamp"))?;
+        let parsed = match self.logical(column) {
+            Some("io.debezium.time.Timestamp")
+            | Some("org.apache.kafka.connect.data.Timestamp") => DateTime::from_timestamp_millis(n),
+            Some("io.debezium.time.NanoTimestamp") => Some(DateTime::from_timestamp_nanos(n)),
+            // MicroTimestamp, and the default for TIMESTAMP(6) columns without a schema
+            _ => DateTime::from_timestamp_micros(n),
+        };
+        parsed.ok_or_else(|| bad(column, format!("{n} is out of range")))
+    }
+
+    fn decimal(
+        &self,
+        column: &str,
+        raw: &Value,
+        scale: u32,
+        mode: DecimalMode,
+    ) -> Result<Decimal, EnvelopeError> {
+        match raw {
+            // double mode
+            Value::Number(n) => {
+                let text = n.to_string();
+                Decimal::from_str(&text)
+                    .or_else(|_| Decimal::from_scientific(&text))
+                    .map_err(|e| bad(column, format!("not a decimal: {e}")))
+            }
+            Value::String(text) => {
+                let precise = match self.logical(column) {
+                    Some("org.apache.kafka.connect.data.Decimal") => true,
+                    Some(_) => false,
+                    None if self.schemas.contains_key(column) => false,
+                    None => mode == DecimalMode::Precise,
+                };
+                if precise {
+                    let scale = self.decimal_scale(column).unwrap_or(scale);
+                    decode_precise(text, scale).map_err(|p| bad(column, p))
+                } else {
+                    Decimal::from_str(text).map_err(|e| bad(column, format!("not a decimal: {e}")))
+                }
+            }
+            // {"scale": 2, "value": "base64"} for variable-scale numerics
+            Value::Object(map) => {
+                let scale = map
+                    .get("scale")
+                    .and_then(Value::as_u64)
+                    .and_then(|s| u32::try_from(s).ok())
+                    .ok_or_else(|| bad(column, "variable-scale decimal without scale"))?;
+                let bytes = map
+                    .get("value")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad(column, "variable-scale decimal without value"))?;
+                decode_precise(bytes, scale).map_err(|p| bad(column, p))
+            }
+            _ => Err(bad(column, "not a decimal")),
+        }
+    }
+}
+
+/// Base64 big-endian two's-complement unscaled integer with `scale` decimal places.
+fn decode_precise(base64_text: &str, scale: u32) -> Result<Decimal, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(base64_text)
+        .map_err(|e| format!("not base64: {e}"))?;
+    if bytes.is_empty() || bytes.len() > 16 {
+        return Err(format!(
+            "{} bytes cannot be a NUMERIC value here",
+            bytes.len()
+        ));
+    }
+    let negative = bytes[0] & 0x80 != 0;
+    let mut buffer = if negative { [0xFF_u8; 16] } else { [0_u8; 16] };
+    buffer[16 - bytes.len()..].copy_from_slice(&bytes);
+    let unscaled = i128::from_be_bytes(buffer);
+    Decimal::try_from_i128_with_scale(unscaled, scale).map_err(|e| e.to_string())
+}
+
+/// A decoded value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Uuid(Uuid),
+    Text(String),
+    Int(i64),
+    Bool(bool),
+    Date(NaiveDate),
+    Timestamp(DateTime<Utc>),
+    Decimal(Decimal),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precise_decimals_decode_in_both_signs() {
+        // 0x4C1D = 19485 → 194.85
+        assert_eq!(decode_precise("TB0=", 2), Ok(Decimal::new(19485, 2)));
+        // 0xFF38 = -200 → -2.00
+        assert_eq!(decode_precise("/zg=", 2), Ok(Decimal::new(-200, 2)));
+        assert_eq!(decode_precise("AA==", 2), Ok(Decimal::new(0, 2)));
+        assert!(decode_precise("not base64!", 2).is_err());
+    }
+
+    #[test]
+    fn schemaless_values_follow_the_column_type() -> Result<(), EnvelopeError> {
+        let record = parse(
+            Some(br#"{"id": 1}"#),
+            Some(
+                br#"{"op": "c", "before": null, "source": {"ts_ms": 1, "lsn": 42},
+                     "after": {"id": 1, "d": 20758, "ts": 1795562214538720, "amount": "19.99",
+                               "raw": "TB0=", "big": "__debezium_unavailable_value", "f": 1.5,
+                               "tz": "2026-11-01T08:00:31.619Z", "flag": true}}"#,
+            ),
+        )?;
+        let Record::Change(change) = record else {
+            panic!("expected a change")
+        };
+        let after = change.after.as_ref().ok_or(EnvelopeError::MissingColumn {
+            column: "after".into(),
+        })?;
+        assert_eq!(
+            after.get("d", ColumnType::Date)?,
+            Field::Value(Cell::Date(
+                NaiveDate::from_ymd_opt(2026, 11, 1).unwrap_or_default()
+            ))
+        );
+        assert_eq!(
+            after.get("ts", ColumnType::Timestamp)?.value(),
+            DateTime::from_timestamp_micros(1_795_562_214_538_720).map(Cell::Timestamp)
+        );
+        let string_mode = ColumnType::Numeric {
+            scale: 2,
+            mode: DecimalMode::String,
+        };
+        let precise_mode = ColumnType::Numeric {
+            scale: 2,
+            mode: DecimalMode::Precise,
+        };
+        let double_mode = ColumnType::Numeric {
+            scale: 2,
+            mode: DecimalMode::Double,
+        };
+        assert_eq!(
+            after.get("amount", string_mode)?,
+            Field::Value(Cell::Decimal(Decimal::new(1999, 2)))
+        );
+        assert_eq!(
+            after.get("raw", precise_mode)?,
+            Field::Value(Cell::Decimal(Decimal::new(19485, 2)))
+        );
+        assert_eq!(
+            after.get("f", double_mode)?,
+            Field::Value(Cell::Decimal(Decimal::new(15, 1)))
+        );
+        assert!(
+            after.get("raw", string_mode).is_err(),
+            "base64 is not a decimal string"
+        );
+        assert_eq!(after.get("big", ColumnType::Text)?, Field::Unavailable);
+        assert_eq!(
+            after.get("flag", ColumnType::Bool)?,
+            Field::Value(Cell::Bool(true))
+        );
+        assert!(matches!(
+            after.get("tz", ColumnType::TimestampTz)?,
+            Field::Value(Cell::Timestamp(_))
+        ));
+        assert_eq!(change.source.lsn, Some(42));
+        assert!(after.get("missing", ColumnType::Text).is_err());
+        assert!(after.get("flag", ColumnType::Uuid).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn hostile_envelopes_are_refused_with_a_reason() {
+        let reason = |v: &[u8]| {
+            parse(Some(b"{}"), Some(v))
+                .map(|_| ())
+                .map_err(|e| e.reason())
+        };
+        assert_eq!(reason(b"{oops"), Err("undecodable"));
+        assert_eq!(
+            reason(br#"{"op": "x", "source": {"ts_ms": 1}}"#),
+            Err("unknown_op")
+        );
+        assert_eq!(
+            reason(br#"{"op": "c", "after": null, "source": {"ts_ms": 1}}"#),
+            Err("missing_image")
+        );
+        assert_eq!(
+            reason(br#"{"op": "d", "before": null, "source": {"ts_ms": 1}}"#),
+            Err("missing_image")
+        );
+        assert_eq!(
+            reason(br#"{"op": "c", "after": {"id": 1}}"#),
+            Err("not_an_envelope")
+        );
+        assert_eq!(reason(br#"[1, 2]"#), Err("not_an_envelope"));
+        assert_eq!(
+            reason(br#"{"op": "c", "after": 7, "source": {"ts_ms": 1}}"#),
+            Err("not_an_envelope")
+        );
+    }
+}
