@@ -725,3 +725,44 @@ async fn an_order_before_its_user_converges_once_the_user_arrives() -> Result<()
     assert_eq!(high, 0, "nothing may be dead-lettered");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_whose_user_never_arrives_is_dead_lettered_after_the_wait() -> Result<()> {
+    let _shared = shared().await;
+    let run = Run::new().await?;
+    let events = generated(seed(), 3, 6);
+    let orphan = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Order(o) => Some(o.clone()),
+            Event::User(_) => None,
+        })
+        .context("no order event")?;
+    // Only the orphan's own events, none of its user's.
+    let orphan_events: Vec<Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Order(o) if o.order.id == orphan.order.id))
+        .cloned()
+        .collect();
+    run.send_events(&orphan_events).await?;
+    let output = run
+        .consumer_command(4)
+        .env("PARENT_WAIT_SECS", "2")
+        .output()
+        .context("running the consumer")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "consumer failed: {stdout}");
+    let pool = pool(&run.stack).await?;
+    assert_eq!(
+        count_orders(&pool, &[orphan.order.id]).await?,
+        0,
+        "an orphan must not be written"
+    );
+    let dlq = cdc_core::dlq::topic_for(&run.orders_topic);
+    let reasons = read_reasons(&run.stack, &dlq, &run.orders_topic)?;
+    assert_eq!(
+        reasons,
+        vec!["missing_parent".to_owned(); orphan_events.len()]
+    );
+    Ok(())
+}
