@@ -92,8 +92,8 @@ pub async fn apply_schema(pool: &PgPool) -> Result<(), SinkError> {
     Ok(())
 }
 
-/// Keeps, per key, only the event with the highest version.
-fn latest_by<T, K: Ord>(
+/// Keeps, per key, only the event with the highest version (in key order).
+pub fn latest_by<T, K: Ord>(
     events: &[T],
     key: impl Fn(&T) -> K,
     version: impl Fn(&T) -> i64,

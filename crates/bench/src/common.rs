@@ -1,0 +1,646 @@
+//! Pieces both benchmarks share: the workload, unique names, topic set-up and clean-up, a bare
+//! acks=all send loop, child processes with peak-RSS sampling, machine-load checks and medians.
+
+use std::borrow::Borrow;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context, Result};
+use cdc_core::config::KafkaArgs;
+use cdc_core::events::{EntityKind, Event};
+use cdc_core::generator::{Generator, GeneratorConfig};
+use cdc_core::topics::{ensure_topics, TopicSpec};
+use chrono::{DateTime, Utc};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+use sqlx::PgPool;
+use tokio::io::AsyncReadExt;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// Time of the first generated event: fixed, so every run and every variant sees the same bytes.
+pub const START_TIME: &str = "2026-11-24T10:00:00Z";
+
+/// How often a child's memory and the PostgreSQL progress are sampled.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// Options shared by both benchmarks.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkloadArgs {
+    /// Users the generator creates (with the default orders, about 50,000 events in all).
+    #[arg(long, default_value_t = 3_500)]
+    pub users: usize,
+    /// Orders the generator creates.
+    #[arg(long, default_value_t = 15_500)]
+    pub orders: usize,
+    /// Seed of the generated stream (fixed so every run sends the same bytes).
+    #[arg(long, default_value_t = 20_261_124)]
+    pub seed: u64,
+    /// Runs per variant; the report gives the median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Folder holding the release `producer` and `consumer` binaries; by default the folder of
+    /// this binary (`target/release` under `cargo run --release`).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Replication factor of the benchmark topics.
+    #[arg(long, default_value_t = 3)]
+    pub replication_factor: i32,
+    /// Longest a single measured run may take.
+    #[arg(long, default_value_t = 600)]
+    pub run_timeout_secs: u64,
+    /// Before each measured run, wait (at most this long) for the machine's CPU to be mostly idle
+    /// (Debezium and the brokers take 20–30 s to capture and replicate one run's writes).
+    #[arg(long, default_value_t = 90)]
+    pub quiet_wait_secs: u64,
+}
+
+impl WorkloadArgs {
+    pub fn generator_config(&self) -> Result<GeneratorConfig> {
+        Ok(GeneratorConfig {
+            users: self.users,
+            orders: self.orders,
+            seed: self.seed,
+            start: start_time()?,
+        })
+    }
+
+    pub fn run_timeout(&self) -> Duration {
+        Duration::from_secs(self.run_timeout_secs)
+    }
+}
+
+pub fn start_time() -> Result<DateTime<Utc>> {
+    Ok(DateTime::parse_from_rfc3339(START_TIME)
+        .context("parsing the fixed start time")?
+        .with_timezone(&Utc))
+}
+
+/// One Kafka record of the workload, encoded exactly as the producer encodes it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub kind: EntityKind,
+    pub key: String,
+    pub payload: Vec<u8>,
+}
+
+/// The generated stream and its encoding.
+#[derive(Debug)]
+pub struct Workload {
+    pub events: Vec<Event>,
+    pub records: Vec<Record>,
+    /// Time to generate and encode the stream in this process.
+    pub generate_and_encode: Duration,
+}
+
+impl Record {
+    pub fn of(event: &Event) -> Self {
+        Self {
+            kind: event.kind(),
+            key: event.key(),
+            payload: event.to_json(),
+        }
+    }
+}
+
+impl Workload {
+    pub fn generate(config: GeneratorConfig) -> Self {
+        let started = Instant::now();
+        let events: Vec<Event> = Generator::new(config).collect();
+        let records = events.iter().map(Record::of).collect();
+        Self {
+            events,
+            records,
+            generate_and_encode: started.elapsed(),
+        }
+    }
+
+    pub fn count(&self, kind: EntityKind) -> usize {
+        self.records.iter().filter(|r| r.kind == kind).count()
+    }
+}
+
+/// `<prefix>_<unix millis>_<pid>_<counter>`: unique across runs and within one.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    format!(
+        "{prefix}_{millis}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Points a child's Kafka settings at the benchmark's: `KAFKA_BROKERS` plus any extra
+/// `--kafka-option`s as `KAFKA_OPTIONS` (and nothing inherited from this process's environment).
+pub fn kafka_env(command: &mut tokio::process::Command, kafka: &KafkaArgs) {
+    command.env("KAFKA_BROKERS", &kafka.brokers);
+    if kafka.kafka_options.is_empty() {
+        command.env_remove("KAFKA_OPTIONS");
+    } else {
+        let options: Vec<String> = kafka
+            .kafka_options
+            .iter()
+            .map(|o| format!("{}={}", o.key, o.value))
+            .collect();
+        command.env("KAFKA_OPTIONS", options.join(","));
+    }
+}
+
+/// Finds a sibling binary (`producer`, `consumer`) and logs which file is used.
+pub fn locate_binary(name: &str, dir: Option<&Path>) -> Result<PathBuf> {
+    let dir = match dir {
+        Some(dir) => dir.to_owned(),
+        None => std::env::current_exe()
+            .context("finding this executable")?
+            .parent()
+            .map(Path::to_owned)
+            .context("this executable has no parent folder")?,
+    };
+    let path = dir.join(name);
+    ensure!(
+        path.is_file(),
+        "{} not found: build it first with `cargo build --release -p {name}` (or pass --bin-dir)",
+        path.display()
+    );
+    let modified = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .ok()
+        .map(|t| DateTime::<Utc>::from(t).to_rfc3339());
+    tracing::info!(binary = %path.display(), ?modified, "using binary");
+    Ok(path)
+}
+
+/// Creates the topics (failing if one exists with another layout) and waits until every
+/// partition has a leader and a full in-sync replica set.
+pub async fn create_topics(brokers: &str, specs: &[TopicSpec]) -> Result<()> {
+    ensure_topics(brokers, specs, Duration::from_secs(30))
+        .await
+        .context("creating the benchmark topics")?;
+    let brokers = brokers.to_owned();
+    let specs = specs.to_vec();
+    tokio::task::spawn_blocking(move || wait_topics_ready(&brokers, &specs)).await?
+}
+
+fn wait_topics_ready(brokers: &str, specs: &[TopicSpec]) -> Result<()> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for spec in specs {
+        let partitions = usize::try_from(spec.partitions)?;
+        let replicas = usize::try_from(spec.replication_factor)?;
+        loop {
+            let metadata = client.fetch_metadata(Some(&spec.name), Duration::from_secs(10))?;
+            let ready = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == spec.name)
+                .is_some_and(|t| {
+                    t.error().is_none()
+                        && t.partitions().len() == partitions
+                        && t.partitions()
+                            .iter()
+                            .all(|p| p.leader() >= 0 && p.isr().len() == replicas)
+                });
+            if ready {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "topic {} has no leader or in-sync replica set on every partition after 60 s",
+                spec.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+/// Records per partition (high watermark minus low watermark).
+pub async fn partition_counts(brokers: &str, topic: &str, partitions: i32) -> Result<Vec<i64>> {
+    let brokers = brokers.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()?;
+        (0..partitions)
+            .map(|p| {
+                let (low, high) = client.fetch_watermarks(&topic, p, Duration::from_secs(10))?;
+                Ok(high - low)
+            })
+            .collect()
+    })
+    .await?
+}
+
+/// Delivery-report counters of the bare producer.
+#[derive(Debug, Default)]
+struct Acks {
+    acknowledged: AtomicU64,
+    failed: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct AckContext(Arc<Acks>);
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let counter = match result {
+            Ok(_) => &self.0.acknowledged,
+            Err(_) => &self.0.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A bare send loop: creates a producer with `config`, hands every record to it (waiting out a
+/// full local queue), and waits for every delivery report. Returns the time from the first send
+/// to the last acknowledgement (client creation excluded). `records` may be pre-built
+/// (`&Record`) or built while sending (`Record`). Blocking: call from a blocking thread.
+pub fn send_all<R: Borrow<Record>>(
+    config: &ClientConfig,
+    records: impl IntoIterator<Item = R>,
+    users_topic: &str,
+    orders_topic: &str,
+    timeout: Duration,
+) -> Result<Duration> {
+    let acks = Arc::new(Acks::default());
+    let producer: ThreadedProducer<AckContext> = config
+        .create_with_context(AckContext(Arc::clone(&acks)))
+        .context("creating the bare producer")?;
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut total: u64 = 0;
+    for record in records {
+        let record = record.borrow();
+        total += 1;
+        let topic = match record.kind {
+            EntityKind::User => users_topic,
+            EntityKind::Order => orders_topic,
+        };
+        let mut base: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic)
+            .key(record.key.as_str())
+            .payload(record.payload.as_slice());
+        loop {
+            match producer.send(base) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    ensure!(Instant::now() < deadline, "local queue full for too long");
+                    base = returned;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((error, _)) => bail!("the Kafka client refused a record: {error}"),
+            }
+        }
+    }
+    loop {
+        let done = acks.acknowledged.load(Ordering::Relaxed) + acks.failed.load(Ordering::Relaxed);
+        if done >= total {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "only {done} of {total} delivery reports within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let elapsed = started.elapsed();
+    let failed = acks.failed.load(Ordering::Relaxed);
+    ensure!(
+        failed == 0,
+        "{failed} of {total} records were not delivered"
+    );
+    Ok(elapsed)
+}
+
+/// A spawned benchmark subject: its output is collected and its peak RSS sampled.
+#[derive(Debug)]
+pub struct Subject {
+    pub child: tokio::process::Child,
+    stdout: JoinHandle<String>,
+    stderr: JoinHandle<String>,
+    peak_rss: JoinHandle<Option<u64>>,
+}
+
+/// What a finished subject left behind.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// Peak resident set size in KiB (VmHWM), sampled every [`SAMPLE_EVERY`].
+    pub peak_rss_kib: Option<u64>,
+}
+
+impl Subject {
+    /// Spawns `command` with piped output; the child is killed if this value is dropped.
+    pub fn spawn(mut command: tokio::process::Command) -> Result<Self> {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().context("spawning the benchmark subject")?;
+        let pid = child.id().context("the child has no pid")?;
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+        let stderr = child.stderr.take().context("no stderr pipe")?;
+        Ok(Self {
+            child,
+            stdout: tokio::spawn(read_all(stdout)),
+            stderr: tokio::spawn(read_all(stderr)),
+            peak_rss: tokio::spawn(sample_peak_rss(pid)),
+        })
+    }
+
+    /// Waits (at most `timeout`) for the child to exit and collects its output and peak RSS.
+    pub async fn finish(mut self, timeout: Duration) -> Result<Finished> {
+        let status = match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status?,
+            Err(_) => {
+                let _ = self.child.start_kill();
+                let _ = self.child.wait().await;
+                let stderr = self.stderr.await.unwrap_or_default();
+                bail!(
+                    "the subject did not exit within {timeout:?}; killed. stderr:\n{}",
+                    tail(&stderr, 40)
+                );
+            }
+        };
+        Ok(Finished {
+            status,
+            stdout: self.stdout.await.unwrap_or_default(),
+            stderr: self.stderr.await.unwrap_or_default(),
+            peak_rss_kib: self.peak_rss.await.unwrap_or_default(),
+        })
+    }
+
+    /// Kills the child and returns the tail of its error output, for an error message.
+    pub async fn kill(mut self) -> String {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        tail(&self.stderr.await.unwrap_or_default(), 40)
+    }
+}
+
+async fn read_all(mut pipe: impl tokio::io::AsyncRead + Unpin) -> String {
+    let mut bytes = Vec::new();
+    let _ = pipe.read_to_end(&mut bytes).await;
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Largest of VmHWM and VmRSS in /proc/<pid>/status, in KiB; `None` once the process is gone
+/// (or a zombie, whose status has no memory lines).
+fn read_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .filter_map(|line| {
+            line.strip_prefix("VmHWM:")
+                .or_else(|| line.strip_prefix("VmRSS:"))
+        })
+        .filter_map(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .max()
+}
+
+/// Samples the process's memory until it is gone; returns the highest value seen. VmHWM is the
+/// kernel's own high-water mark, so only growth in the last interval before exit can be missed.
+async fn sample_peak_rss(pid: u32) -> Option<u64> {
+    let mut peak = None;
+    while let Some(kib) = read_rss_kib(pid) {
+        peak = peak.max(Some(kib));
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+    peak
+}
+
+/// Aggregate CPU time of the machine from /proc/stat: (busy, total) in clock ticks.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user/nice).
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
+}
+
+/// Fraction of the machine's CPU busy over the next `window`.
+pub async fn cpu_busy(window: Duration) -> Option<f64> {
+    let (busy0, total0) = cpu_ticks()?;
+    tokio::time::sleep(window).await;
+    let (busy1, total1) = cpu_ticks()?;
+    let total = total1.checked_sub(total0).filter(|t| *t > 0)?;
+    Some(busy1.saturating_sub(busy0) as f64 / total as f64)
+}
+
+/// Busy fraction below which the machine counts as quiet: the idle stack (3 brokers, 3 Cassandra
+/// nodes, Connect, PostgreSQL) alone keeps some CPU busy.
+const QUIET_BELOW: f64 = 0.35;
+
+/// Waits until the machine's CPU is mostly idle (at most `limit`), so leftovers of the previous
+/// run (Debezium capturing its writes, autovacuum) do not count against the next. Returns the
+/// busy fraction of the last second.
+pub async fn wait_until_quiet(limit: Duration) -> Option<f64> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let busy = cpu_busy(Duration::from_secs(1)).await?;
+        if busy < QUIET_BELOW {
+            return Some(busy);
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                busy_percent = format!("{:.0}", busy * 100.0),
+                "machine still busy; measuring anyway (the figure may be low)"
+            );
+            return Some(busy);
+        }
+    }
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+pub fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Aborts a spawned task when dropped (an interrupted benchmark leaves nothing running).
+#[derive(Debug)]
+pub struct AbortOnDrop<T>(pub JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Everything a benchmark created, removed at the end whatever happened.
+#[derive(Debug, Default)]
+pub struct Cleanup {
+    pub topics: Vec<String>,
+    pub groups: Vec<String>,
+    pub user_ids: Vec<Uuid>,
+    pub order_ids: Vec<Uuid>,
+}
+
+impl Cleanup {
+    pub async fn run(&self, brokers: &str, database_url: &str) {
+        if !self.user_ids.is_empty() || !self.order_ids.is_empty() {
+            let deleted = async {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(database_url)
+                    .await?;
+                let deleted = delete_rows(&pool, &self.user_ids, &self.order_ids).await?;
+                pool.close().await;
+                anyhow::Ok(deleted)
+            }
+            .await;
+            match deleted {
+                Ok((users, orders)) => {
+                    tracing::info!(users, orders, "deleted the benchmark's rows")
+                }
+                Err(error) => tracing::warn!(%error, "could not delete the benchmark's rows"),
+            }
+        }
+        if let Err(error) = delete_groups(brokers, &self.groups).await {
+            tracing::warn!(%error, "could not delete the benchmark's consumer groups");
+        }
+        if let Err(error) = delete_topics(brokers, &self.topics).await {
+            tracing::warn!(%error, "could not delete the benchmark's topics");
+        }
+    }
+}
+
+/// Deletes the given orders, then the given users; returns (users, orders) deleted.
+pub async fn delete_rows(pool: &PgPool, users: &[Uuid], orders: &[Uuid]) -> Result<(u64, u64)> {
+    let orders = sqlx::query("DELETE FROM orders WHERE id = ANY($1)")
+        .bind(orders)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    let users = sqlx::query("DELETE FROM users WHERE id = ANY($1)")
+        .bind(users)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok((users, orders))
+}
+
+fn admin(brokers: &str) -> Result<AdminClient<DefaultClientContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?)
+}
+
+fn admin_options() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))
+}
+
+pub async fn delete_topics(brokers: &str, topics: &[String]) -> Result<()> {
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    for result in admin(brokers)?
+        .delete_topics(&names, &admin_options())
+        .await?
+    {
+        match result {
+            Ok(topic) => tracing::info!(topic, "deleted topic"),
+            Err((topic, RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+                tracing::debug!(topic, "topic already gone")
+            }
+            Err((topic, code)) => tracing::warn!(topic, ?code, "deleting topic failed"),
+        }
+    }
+    Ok(())
+}
+
+pub async fn delete_groups(brokers: &str, groups: &[String]) -> Result<()> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+    for result in admin(brokers)?
+        .delete_groups(&names, &admin_options())
+        .await?
+    {
+        match result {
+            Ok(group) => tracing::info!(group, "deleted consumer group"),
+            Err((group, RDKafkaErrorCode::GroupIdNotFound)) => {
+                tracing::debug!(group, "consumer group already gone")
+            }
+            Err((group, code)) => tracing::warn!(group, ?code, "deleting consumer group failed"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn unique_names_differ() {
+        assert_ne!(unique_name("x"), unique_name("x"));
+    }
+
+    #[test]
+    fn own_memory_is_readable() {
+        let kib = read_rss_kib(std::process::id());
+        assert!(kib.is_some_and(|k| k > 0), "{kib:?}");
+    }
+}
