@@ -67,9 +67,13 @@ impl Kv {
             .prepare(format!("INSERT INTO {keyspace}.kv (k, v) VALUES (?, ?)"))
             .await?;
         insert.set_consistency(Consistency::Quorum);
-        let select = session
+        // The same row written twice is the same row: let the driver retry on another node when a
+        // connection breaks (a stopping node resets its connections).
+        insert.set_is_idempotent(true);
+        let mut select = session
             .prepare(format!("SELECT v FROM {keyspace}.kv WHERE k = ?"))
             .await?;
+        select.set_is_idempotent(true);
         Ok(Self { insert, select })
     }
 
