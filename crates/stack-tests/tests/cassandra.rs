@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use backon::{ExponentialBuilder, Retryable};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::prepared::PreparedStatement;
@@ -79,8 +80,11 @@ impl Kv {
 
     async fn write_rows(&self, session: &Session, keys: std::ops::Range<i32>) -> Result<()> {
         for k in keys {
-            session
-                .execute_unpaged(&self.insert, (k, format!("value-{k}")))
+            let value = format!("value-{k}");
+            // As an application does: a request that met a connection being torn down is retried
+            // (a few times, with backoff); a real refusal (too few replicas) still fails the test.
+            (|| session.execute_unpaged(&self.insert, (k, value.as_str())))
+                .retry(ExponentialBuilder::default().with_max_times(5))
                 .await?;
         }
         Ok(())
@@ -151,6 +155,22 @@ async fn quorum_survives_one_node_stopped_and_the_node_catches_up() -> Result<()
 
     let mut services = RestartOnDrop::new();
     services.take_down("stop", "cassandra3")?;
+    wait_for(
+        "the driver to see cassandra3 down",
+        Duration::from_secs(60),
+        || {
+            let state = session.get_cluster_state();
+            async move {
+                let down = state
+                    .get_nodes_info()
+                    .iter()
+                    .filter(|node| node.address.ip().to_string() == "127.0.0.3")
+                    .all(|node| !node.is_connected());
+                Ok(down.then_some(()))
+            }
+        },
+    )
+    .await?;
     // RF 3, QUORUM = 2: writes and reads go on with two nodes.
     kv.write_rows(&session, 100..300).await?;
     let wrong = kv.wrong_rows(&session, 0..300, Consistency::Quorum).await?;
