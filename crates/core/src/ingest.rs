@@ -169,6 +169,8 @@ impl EventHandler {
         let mut waits = backoff(self.parent_wait).build();
         loop {
             let plain: Vec<OrderEvent> = pending.iter().map(|(_, e)| e.clone()).collect();
+            // Records the database refused one by one: parked, so neither applied nor waiting.
+            let mut refused = 0;
             let outcome = match retry_until_cancelled("apply orders", cancel, || {
                 pg::apply_orders(&self.pool, &plain)
             })
@@ -187,6 +189,7 @@ impl EventHandler {
                         {
                             Ok(o) => missing.extend(o.missing_parent),
                             Err(error) => {
+                                refused += 1;
                                 self.park(
                                     &batch[*index],
                                     "rejected_by_database",
@@ -207,7 +210,7 @@ impl EventHandler {
                 .iter()
                 .filter(|(_, e)| !outcome.missing_parent.contains(&e.order.id))
                 .count();
-            self.applied(batch, applied);
+            self.applied(batch, applied.saturating_sub(refused));
             pending.retain(|(_, e)| outcome.missing_parent.contains(&e.order.id));
             if pending.is_empty() {
                 return Ok(());
