@@ -172,7 +172,9 @@ fetch() {
 pid_of() {
     local svc=$1
     if [[ $svc == postgres ]]; then
-        [[ -f $STATE/postgres/data/postmaster.pid ]] && head -n 1 "$STATE/postgres/data/postmaster.pid"
+        local pid_file
+        pid_file="$(pg_home)/data/postmaster.pid"
+        [[ -f $pid_file ]] && head -n 1 "$pid_file"
     else
         [[ -f $RUN/$svc.pid ]] && cat "$RUN/$svc.pid"
     fi
@@ -337,15 +339,39 @@ as_postgres() {
 pg_superuser_psql() { # <database> [psql args]: superuser over the unix socket (peer auth)
     local db=$1
     shift
-    PGOPTIONS="-c client_min_messages=warning" as_postgres "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$STATE/postgres/run" -p "$POSTGRES_PORT" \
+    PGOPTIONS="-c client_min_messages=warning" as_postgres "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$(pg_home)/run" -p "$POSTGRES_PORT" \
         -U postgres -d "$db" "$@"
 }
 
+# PostgreSQL's files live in the state folder when the postgres user can reach it. Otherwise (a clone
+# inside a private directory, say) they live in a folder of their own under /var/lib/postgresql; the
+# choice is recorded in the state folder, and the log is linked into logs/.
+pg_home() {
+    if [[ -f $STATE/postgres.home ]]; then
+        cat "$STATE/postgres.home"
+    else
+        echo "$STATE/postgres"
+    fi
+}
+
+choose_pg_home() {
+    [[ -f $STATE/postgres.home ]] && return 0
+    local home="$STATE/postgres"
+    if [[ $(id -u) -eq 0 ]] && ! runuser -u postgres -- test -x "$STATE"; then
+        home="/var/lib/postgresql/cdc-stack-$(printf '%s' "$STATE" | cksum | cut -d' ' -f1)"
+    fi
+    echo "$home" >"$STATE/postgres.home"
+}
+
 postgres_init() {
-    local pg="$STATE/postgres"
+    choose_pg_home
+    local pg
+    pg=$(pg_home)
     [[ -f $pg/data/PG_VERSION ]] && return 0
     say "initialising PostgreSQL in $pg/data"
     mkdir -p "$pg/data" "$pg/run"
+    touch "$pg/postgres.log"
+    ln -sfn "$pg/postgres.log" "$LOGS/postgres.log"
     if [[ $(id -u) -eq 0 ]]; then
         chown -R postgres:postgres "$pg"
         chmod 700 "$pg/data"
@@ -382,9 +408,7 @@ EOF
 
 postgres_start() {
     is_running postgres && return 0
-    touch "$LOGS/postgres.log"
-    [[ $(id -u) -eq 0 ]] && chown postgres "$LOGS/postgres.log"
-    as_postgres "$PG_BIN/pg_ctl" -D "$STATE/postgres/data" -l "$LOGS/postgres.log" -w -t 120 start >/dev/null ||
+    as_postgres "$PG_BIN/pg_ctl" -D "$(pg_home)/data" -l "$(pg_home)/postgres.log" -w -t 120 start >/dev/null ||
         fail_service postgres "pg_ctl start failed"
 }
 
@@ -657,7 +681,7 @@ stop_service() { # <service> [signal]
     fi
     pid=$(pid_of "$svc")
     if [[ $svc == postgres && $sig == TERM ]]; then
-        as_postgres "$PG_BIN/pg_ctl" -D "$STATE/postgres/data" -m fast -w stop >/dev/null 2>&1 || true
+        as_postgres "$PG_BIN/pg_ctl" -D "$(pg_home)/data" -m fast -w stop >/dev/null 2>&1 || true
     else
         kill "-$sig" "$pid" 2>/dev/null || true
     fi
@@ -684,6 +708,9 @@ cmd_down() {
         say "stack stopped"
     fi
     if ((wipe)); then
+        if [[ $(pg_home) != "$STATE"/* ]]; then
+            rm -rf "$(pg_home)"
+        fi
         rm -rf "$STATE"
         say "state removed ($STATE)"
     fi
