@@ -336,6 +336,7 @@ as_postgres() {
     fi
 }
 
+# SQL files are fed on stdin: the postgres user may not be able to read the clone.
 pg_superuser_psql() { # <database> [psql args]: superuser over the unix socket (peer auth)
     local db=$1
     shift
@@ -413,14 +414,14 @@ postgres_start() {
 }
 
 postgres_bootstrap() {
-    pg_superuser_psql postgres -f "$STACK/postgres-roles.sql" \
+    pg_superuser_psql postgres <"$STACK/postgres-roles.sql" \
         -v app_user="$POSTGRES_APP_USER" -v app_password="$POSTGRES_APP_PASSWORD" \
         -v repl_user="$POSTGRES_REPLICATION_USER" -v repl_password="$POSTGRES_REPLICATION_PASSWORD" \
         -v db="$POSTGRES_DB" || fail_service postgres "creating roles and database failed"
     PGOPTIONS="-c client_min_messages=warning" PGPASSWORD="$POSTGRES_APP_PASSWORD" "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 \
         -p "$POSTGRES_PORT" -U "$POSTGRES_APP_USER" -d "$POSTGRES_DB" -f "$ROOT/postgres-schema.sql" \
         >/dev/null || fail_service postgres "applying postgres-schema.sql failed"
-    pg_superuser_psql "$POSTGRES_DB" -f "$STACK/postgres-replication.sql" \
+    pg_superuser_psql "$POSTGRES_DB" <"$STACK/postgres-replication.sql" \
         -v repl_user="$POSTGRES_REPLICATION_USER" -v publication="$DEBEZIUM_PUBLICATION_NAME" ||
         fail_service postgres "granting replication access failed"
 }
