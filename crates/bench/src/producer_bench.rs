@@ -25,9 +25,9 @@ const ORDERS_PARTITIONS: i32 = 5;
 pub struct ProducerArgs {
     #[command(flatten)]
     pub workload: WorkloadArgs,
-    /// Also run, in-process: the bare loop generating and encoding while it sends, and
-    /// `cdc_core::producer::run` with its default in-flight limit and with a limit above the
-    /// event count. Together they show where the binary's time goes.
+    /// Also run, in-process: the bare loop generating and encoding while it sends,
+    /// `cdc_core::producer::run`, and both loops with librdkafka's default queue bounds instead of
+    /// the producer's. Together they show where the binary's time goes.
     #[arg(long)]
     pub breakdown: bool,
 }
@@ -42,23 +42,37 @@ enum Variant {
     BareInline,
     /// `cdc_core::producer::run` in this process, default settings.
     Library,
-    /// `cdc_core::producer::run` in this process, in-flight limit above the event count.
-    LibraryUnlimited,
+    /// The bare loop with librdkafka's default queue bounds (100,000 records, 1 GiB): the whole
+    /// workload fits, so nothing ever waits for room.
+    BareUnbounded,
+    /// `cdc_core::producer::run` in this process with librdkafka's default queue bounds.
+    LibraryUnbounded,
 }
 
 impl Variant {
-    fn label(self, default_max_in_flight: usize) -> String {
+    fn label(self) -> &'static str {
         match self {
-            Self::Binary => "producer binary (its own sent/elapsed)".into(),
-            Self::Bare => "bare ThreadedProducer loop (sent → all acked)".into(),
-            Self::BareInline => "  bare loop, generating + encoding inline".into(),
-            Self::Library => {
-                format!("  producer::run in-process, max_in_flight {default_max_in_flight}")
-            }
-            Self::LibraryUnlimited => "  producer::run in-process, max_in_flight ≥ events".into(),
+            Self::Binary => "producer binary (its own sent/elapsed)",
+            Self::Bare => "bare ThreadedProducer loop (sent → all acked)",
+            Self::BareInline => "  bare loop, generating + encoding inline",
+            Self::Library => "  producer::run in-process",
+            Self::BareUnbounded => "  bare loop, librdkafka's default queue bounds",
+            Self::LibraryUnbounded => "  producer::run, librdkafka's default queue bounds",
         }
     }
+
+    /// Runs with librdkafka's default queue bounds rather than the producer's.
+    fn unbounded(self) -> bool {
+        matches!(self, Self::BareUnbounded | Self::LibraryUnbounded)
+    }
 }
+
+/// librdkafka's own defaults for the producer queue, which [`cdc_core::producer::client_config`]
+/// lowers.
+const LIBRDKAFKA_QUEUE_DEFAULTS: &[(&str, &str)] = &[
+    ("queue.buffering.max.messages", "100000"),
+    ("queue.buffering.max.kbytes", "1048576"),
+];
 
 /// One variant's topics: (users, orders).
 #[derive(Debug, Clone)]
@@ -101,14 +115,14 @@ pub async fn run(ctx: &BenchContext, args: &ProducerArgs, cleanup: &mut Cleanup)
     tracing::info!(events, "generated the workload");
     let records: Arc<Vec<Record>> = Arc::new(workload.records);
     let rf = args.workload.replication_factor;
-    let cap = ProducerSettings::new(args.workload.generator_config()?, "", "").max_in_flight;
 
     let mut variants = vec![Variant::Binary, Variant::Bare];
     if args.breakdown {
         variants.extend([
             Variant::BareInline,
             Variant::Library,
-            Variant::LibraryUnlimited,
+            Variant::BareUnbounded,
+            Variant::LibraryUnbounded,
         ]);
     }
     // Fresh topics for every run of every variant, created and ready before anything is measured.
@@ -141,10 +155,10 @@ pub async fn run(ctx: &BenchContext, args: &ProducerArgs, cleanup: &mut Cleanup)
                 busy_before,
             )
             .await
-            .with_context(|| format!("round {}: {}", round + 1, variant.label(cap)))?;
+            .with_context(|| format!("round {}: {}", round + 1, variant.label()))?;
             tracing::info!(
                 round = round + 1,
-                variant = variant.label(cap).trim(),
+                variant = variant.label().trim(),
                 events_per_s = format!("{:.0}", sample.events_per_s),
                 "measured"
             );
@@ -157,7 +171,6 @@ pub async fn run(ctx: &BenchContext, args: &ProducerArgs, cleanup: &mut Cleanup)
     report(
         args,
         events,
-        cap,
         &variants,
         &samples,
         workload.generate_and_encode,
@@ -177,7 +190,12 @@ async fn measure(
 ) -> Result<Sample> {
     let events = records.len();
     let timeout = args.workload.run_timeout();
-    let config = cdc_core::producer::client_config(ctx.kafka.client_config());
+    let mut config = cdc_core::producer::client_config(ctx.kafka.client_config());
+    if variant.unbounded() {
+        for (key, value) in LIBRDKAFKA_QUEUE_DEFAULTS {
+            config.set(*key, *value);
+        }
+    }
     let sample = |seconds: f64| Sample {
         events_per_s: events as f64 / seconds,
         seconds,
@@ -187,7 +205,7 @@ async fn measure(
     };
     match variant {
         Variant::Binary => run_binary(ctx, args, bin, topics, events, busy_before).await,
-        Variant::Bare => {
+        Variant::Bare | Variant::BareUnbounded => {
             let records = Arc::clone(records);
             let topics = topics.clone();
             let elapsed = tokio::task::spawn_blocking(move || {
@@ -212,16 +230,13 @@ async fn measure(
             .await??;
             Ok(sample(elapsed.as_secs_f64()))
         }
-        Variant::Library | Variant::LibraryUnlimited => {
+        Variant::Library | Variant::LibraryUnbounded => {
             let mut settings = ProducerSettings::new(
                 args.workload.generator_config()?,
                 &topics.users,
                 &topics.orders,
             );
             settings.progress = false;
-            if variant == Variant::LibraryUnlimited {
-                settings.max_in_flight = settings.max_in_flight.max(events + 1);
-            }
             let summary = cdc_core::producer::run(config, settings, CancellationToken::new())
                 .await
                 .context("cdc_core::producer::run")?;
@@ -350,7 +365,6 @@ async fn check_same_distribution(brokers: &str, topics: &[Topics], events: usize
 fn report(
     args: &ProducerArgs,
     events: usize,
-    cap: usize,
     variants: &[Variant],
     samples: &[Vec<Sample>],
     generate_and_encode: Duration,
@@ -363,10 +377,16 @@ fn report(
         .position(|v| *v == Variant::Bare)
         .map_or(f64::NAN, |i| median(&rates(i)));
     println!();
+    let defaults = cdc_core::producer::client_config(rdkafka::ClientConfig::new());
+    let setting = |key: &str| defaults.get(key).unwrap_or("?").to_owned();
     println!(
-        "producer throughput, acks=all, enable.idempotence, linger.ms=5, lz4, RF {} — {} — {} \
-         events (users {} / orders {}, seed {}, start {}), fresh topics with {}+{} partitions per \
-         run; median of {} runs",
+        "producer throughput, acks=all, enable.idempotence, linger.ms={}, {}, client queue ≤ {} \
+         KiB / {} records, RF {} — {} — {} events (users {} / orders {}, seed {}, start {}), fresh \
+         topics with {}+{} partitions per run; median of {} runs",
+        setting("linger.ms"),
+        setting("compression.type"),
+        setting("queue.buffering.max.kbytes"),
+        setting("queue.buffering.max.messages"),
         args.workload.replication_factor,
         Utc::now().format("%Y-%m-%d %H:%M UTC"),
         events,
@@ -389,7 +409,7 @@ fn report(
         let each: Vec<String> = rates(index).iter().map(|r| format!("{r:.0}")).collect();
         println!(
             "{:<52} {:>10.0} {:>9.3} {:>8.2}x   {}",
-            variant.label(cap),
+            variant.label(),
             rate,
             seconds,
             rate / bare_rate,

@@ -503,3 +503,47 @@ async fn duration_ends_the_run_normally() -> Result<()> {
     check_topics(&stack, &topics, &prefix(config, summary.sent))?;
     topics.delete(&stack).await
 }
+
+/// With a client queue far smaller than the stream, the producer waits for room again and again
+/// and still writes exactly the stream.
+#[tokio::test]
+async fn a_full_client_queue_is_waited_out() -> Result<()> {
+    let _shared = shared().await;
+    let stack = Stack::from_env()?;
+    let topics = Topics::unique();
+    let (users, orders, seed) = (100, 400, 11);
+    let output = run(command(
+        &stack,
+        &topics,
+        &[
+            "--users",
+            &users.to_string(),
+            "--orders",
+            &orders.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--kafka-option",
+            "queue.buffering.max.messages=20",
+            "--kafka-option",
+            "queue.buffering.max.kbytes=4",
+        ],
+    ))
+    .await?;
+    ensure!(
+        output.status.success(),
+        "producer failed:\n{}",
+        text(&output)
+    );
+    let summary = summary(&output)?;
+    let wanted = expected(GeneratorConfig {
+        users,
+        orders,
+        seed,
+        start: start_time()?,
+    });
+    assert_eq!(summary.failed, 0, "{}", text(&output));
+    assert_eq!(summary.acknowledged, summary.sent, "{}", text(&output));
+    assert_eq!(summary.sent, wanted.len() as u64, "{}", text(&output));
+    check_topics(&stack, &topics, &wanted)?;
+    topics.delete(&stack).await
+}
