@@ -6,6 +6,10 @@
 # names a kafka-topics tool, so that cdc.public.users and cdc.public.orders exist even while the tables
 # are empty. Then it waits until the connector and its task are RUNNING.
 #
+# "skipped.operations": "none" makes Debezium emit every operation, truncates included (op "t",
+# no before or after image): its default skips them, and a sink would then keep rows that PostgreSQL
+# no longer has.
+#
 # Settings (environment variables; defaults from stack/topology.env):
 #   CONNECT_URL            Kafka Connect REST endpoint            (http://127.0.0.1:8083)
 #   DATABASE_HOSTNAME      PostgreSQL host as Connect sees it     (127.0.0.1)
@@ -104,6 +108,7 @@ config=$(
   "decimal.handling.mode": "$DECIMAL_HANDLING_MODE",
   "time.precision.mode": "adaptive",
   "tombstones.on.delete": "true",
+  "skipped.operations": "none",
   "heartbeat.interval.ms": "$HEARTBEAT_INTERVAL_MS",
   "heartbeat.action.query": "INSERT INTO public.debezium_heartbeat (id, ts) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET ts = EXCLUDED.ts",
   "poll.interval.ms": "50",

@@ -831,11 +831,23 @@ cmd_start() {
 cmd_pipeline() {
     cmd_up
     say "building the pipeline binaries (release)"
-    (cd "$ROOT" && cargo build --release --quiet -p producer -p consumer) || die "cargo build failed"
+    (cd "$ROOT" && cargo build --release --quiet -p producer -p consumer -p cdcconsumer) || die "cargo build failed"
     local bin="${CARGO_TARGET_DIR:-$ROOT/target}/release"
     export KAFKA_BROKERS="$KAFKA_BOOTSTRAP" REPLICATION_FACTOR="$KAFKA_DEFAULT_REPLICATION_FACTOR"
     export DATABASE_URL="postgres://$POSTGRES_APP_USER:$POSTGRES_APP_PASSWORD@127.0.0.1:$POSTGRES_PORT/$POSTGRES_DB"
     export LOG_LEVEL="${LOG_LEVEL:-info,rdkafka=warn}"
+    local nodes=() i
+    for i in "${!CASS_ADDRS[@]}"; do nodes+=("${CASS_ADDRS[$i]}:${CASS_PORTS[$i]}"); done
+    export CASSANDRA_NODES
+    CASSANDRA_NODES=$(IFS=,; echo "${nodes[*]}")
+    export CASSANDRA_KEYSPACE SLOT_NAME="$DEBEZIUM_SLOT_NAME"
+
+    say "cdcconsumer: Debezium's topics -> Cassandra, running in the background"
+    "$bin/cdcconsumer" --idle-timeout-secs 0 >"$LOGS/cdcconsumer.out" 2>>"$LOGS/cdcconsumer.log" &
+    local cdc_pid=$!
+    # shellcheck disable=SC2064 # expand now: the pid is known
+    trap "kill -TERM $cdc_pid 2>/dev/null || true" EXIT
+
     say "producer: ${PIPELINE_USERS:-100} users, ${PIPELINE_ORDERS:-300} orders"
     "$bin/producer" --users "${PIPELINE_USERS:-100}" --orders "${PIPELINE_ORDERS:-300}" >"$LOGS/producer.out" \
         2>>"$LOGS/producer.log" || { cat "$LOGS/producer.out"; fail_service producer "the producer failed"; }
@@ -849,7 +861,21 @@ cmd_pipeline() {
                                      (SELECT count(*) FROM users WHERE deleted_at IS NOT NULL) AS users_deleted,
                                      (SELECT count(*) FROM orders) AS orders,
                                      (SELECT count(*) FROM orders WHERE deleted_at IS NOT NULL) AS orders_deleted"
+    kill -0 "$cdc_pid" 2>/dev/null || fail_service cdcconsumer "cdcconsumer exited early"
+
+    say "verify: waiting for the pipeline to be quiet, then comparing PostgreSQL with Cassandra"
+    local verdict=0
+    "$bin/cdcconsumer" verify --quiet-timeout-secs "${PIPELINE_QUIET_SECS:-300}" 2>>"$LOGS/verify.log" || verdict=$?
+    kill -TERM "$cdc_pid" 2>/dev/null || true
+    wait "$cdc_pid" || fail_service cdcconsumer "cdcconsumer failed"
+    trap - EXIT
+    cat "$LOGS/cdcconsumer.out"
     cmd_status
+    case $verdict in
+        0) say "pipeline done: Cassandra matches PostgreSQL" ;;
+        1) die "Cassandra differs from PostgreSQL (see the report above)" ;;
+        *) die "the verifier could not finish (see $LOGS/verify.log)" ;;
+    esac
 }
 
 # The test suite: unit tests and the integration tests against this stack (started if needed).
@@ -864,6 +890,7 @@ usage() {
 usage: stack/stack.sh <command>
 
   pipeline            the main job: stack up (if needed), producer -> Kafka -> consumer -> PostgreSQL
+                      -> Debezium -> cdcconsumer -> Cassandra, then the verifier's comparison
   test [cargo args]   bring the stack up (if needed) and run the whole test suite
   up                  fetch artifacts if needed, start every service, wait until all are healthy
                       (CDC_PROFILE=lite for 1 broker + 1 Cassandra node at RF 1)

@@ -509,6 +509,16 @@ pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// Nearest-rank percentile (`q` in 0..=1) of values sorted ascending; NaN when empty.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let n = sorted.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let rank = (q * n as f64).ceil() as usize;
+    sorted[rank.clamp(1, n) - 1]
+}
+
 /// Aborts a spawned task when dropped (an interrupted benchmark leaves nothing running).
 #[derive(Debug)]
 pub struct AbortOnDrop<T>(pub JoinHandle<T>);
@@ -526,6 +536,9 @@ pub struct Cleanup {
     pub groups: Vec<String>,
     pub user_ids: Vec<Uuid>,
     pub order_ids: Vec<Uuid>,
+    /// Scratch Cassandra keyspaces, dropped through one of `cassandra_nodes`.
+    pub keyspaces: Vec<String>,
+    pub cassandra_nodes: Vec<String>,
 }
 
 impl Cleanup {
@@ -554,7 +567,37 @@ impl Cleanup {
         if let Err(error) = delete_topics(brokers, &self.topics).await {
             tracing::warn!(%error, "could not delete the benchmark's topics");
         }
+        if !self.keyspaces.is_empty() {
+            let dropped = async {
+                let session = cdc_core::cassandra::connect(&self.cassandra_nodes).await?;
+                for keyspace in &self.keyspaces {
+                    drop_keyspace(&session, keyspace).await?;
+                }
+                anyhow::Ok(())
+            }
+            .await;
+            if let Err(error) = dropped {
+                tracing::warn!(%error, "could not drop the benchmark's keyspaces");
+            }
+        }
     }
+}
+
+/// Drops a scratch keyspace (a no-op if it is gone).
+pub async fn drop_keyspace(
+    session: &scylla::client::session::Session,
+    keyspace: &str,
+) -> Result<()> {
+    let mut statement = scylla::statement::unprepared::Statement::new(format!(
+        "DROP KEYSPACE IF EXISTS {keyspace}"
+    ));
+    statement.set_request_timeout(Some(Duration::from_secs(60)));
+    session
+        .query_unpaged(statement, ())
+        .await
+        .with_context(|| format!("dropping keyspace {keyspace}"))?;
+    tracing::info!(keyspace, "dropped keyspace");
+    Ok(())
 }
 
 /// Deletes the given orders, then the given users; returns (users, orders) deleted.
@@ -631,6 +674,16 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&values, 0.5), 50.0);
+        assert_eq!(percentile(&values, 0.99), 99.0);
+        assert_eq!(percentile(&values, 1.0), 100.0);
+        assert_eq!(percentile(&[7.0], 0.95), 7.0);
+        assert!(percentile(&[], 0.5).is_nan());
     }
 
     #[test]

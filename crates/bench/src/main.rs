@@ -1,12 +1,14 @@
-//! `bench`: throughput benchmarks of the pipeline's binaries against plain baselines, run on the
-//! real local stack. Each subcommand measures the binary and its baseline in the same run, on the
-//! same machine, with the same data, and prints figures and ratios (median of `--runs`). These are
+//! `bench`: benchmarks of the pipeline's binaries against plain baselines, run on the real local
+//! stack. Each subcommand measures the binary and its baseline in the same run, on the same
+//! machine, with the same data, and prints figures and ratios (median of `--runs`). These are
 //! commands that report numbers, not tests that pass or fail on timing.
 //!
 //! ```sh
 //! cargo build --release -p bench -p consumer -p producer
 //! cargo run --release -p bench -- consumer --runs 3
 //! cargo run --release -p bench -- producer --runs 3 [--breakdown]
+//! cargo build --release -p bench -p cdcconsumer
+//! cargo run --release -p bench -- cdc --runs 3
 //! ```
 //!
 //! The binaries are taken from the folder of the `bench` executable (`target/release`), or from
@@ -53,14 +55,23 @@
 //!   linger.ms=5, lz4), the same keys and byte-identical payloads generated before the clock starts,
 //!   timed from the first send until every delivery report is in.
 //!
-//! `--breakdown` adds three in-process variants that split the gap between the two: the bare loop
-//! generating and encoding each event just before sending it, and
-//! [`producer::run`](cdc_core::producer::run) (what the binary calls) with its default in-flight
-//! limit and with a limit above the event count.
+//! `--breakdown` adds in-process variants that split the gap between the two: the bare loop
+//! generating and encoding each event just before sending it,
+//! [`producer::run`](cdc_core::producer::run) (what the binary calls), and both loops with
+//! librdkafka's default queue limits instead of the producer's byte bound.
 //!
 //! Afterwards every variant's topics must hold every event exactly once, spread identically over
 //! the partitions.
+//!
+//! ## `cdc`: cdcconsumer's write rate, end-to-end latency and memory
+//!
+//! cdcconsumer's write rate into Cassandra against a bare scylla-driver loop with the same prepared
+//! statements, consistency and in-flight writes; commit → Kafka and commit → Cassandra latency at a
+//! fixed load on the real Debezium topics; cdcconsumer's peak RSS. See [`cdc_bench`] for the
+//! method. Everything it creates (topics, consumer groups, keyspaces) is removed at the end; the
+//! rows the latency test commits to PostgreSQL stay, as ordinary data the pipeline mirrors.
 
+mod cdc_bench;
 mod common;
 mod consumer_bench;
 mod copy_sink;
@@ -72,7 +83,7 @@ use clap::{Parser, Subcommand};
 
 use crate::common::Cleanup;
 
-/// Throughput benchmarks of the producer and consumer binaries against plain baselines.
+/// Benchmarks of the producer, consumer and cdcconsumer binaries against plain baselines.
 #[derive(Debug, Parser)]
 #[command(name = "bench", about)]
 struct Cli {
@@ -97,6 +108,8 @@ enum Command {
     Consumer(consumer_bench::ConsumerArgs),
     /// Producer throughput at acks=all vs a bare rdkafka send loop.
     Producer(producer_bench::ProducerArgs),
+    /// cdcconsumer: write rate vs a bare scylla loop, end-to-end latency, peak RSS.
+    Cdc(cdc_bench::CdcArgs),
 }
 
 /// Connection settings the benchmarks share.
@@ -138,5 +151,6 @@ async fn run(ctx: &Context, command: &Command, cleanup: &mut Cleanup) -> Result<
     match command {
         Command::Consumer(args) => consumer_bench::run(ctx, args, cleanup).await,
         Command::Producer(args) => producer_bench::run(ctx, args, cleanup).await,
+        Command::Cdc(args) => cdc_bench::run(ctx, args, cleanup).await,
     }
 }

@@ -1,7 +1,6 @@
 //! `consumer`: applies business events from Kafka to PostgreSQL, one worker per partition.
 //! See README.md for options and guarantees; the logic lives in `cdc_core::ingest`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,27 +91,13 @@ async fn main() -> anyhow::Result<()> {
     let pool = cdc_core::pg::connect(options.database_url.expose(), options.database_connections)
         .await
         .context("connecting to PostgreSQL and applying the schema")?;
-    let dlq = options
-        .kafka
-        .client_config()
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .create()
+    let dlq = cdc_core::dlq::producer(options.kafka.client_config())
         .context("creating the dead-letter producer")?;
 
     let metrics = Metrics::default();
-    if !options.metrics_addr.trim().is_empty() {
-        let address: SocketAddr = options
-            .metrics_addr
-            .parse()
-            .context("parsing --metrics-addr")?;
-        let server = metrics.clone().serve(address, shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(error) = server.await {
-                tracing::error!(error = %error, "metrics endpoint failed");
-            }
-        });
-    }
+    metrics
+        .spawn_server(&options.metrics_addr, shutdown.clone())
+        .context("parsing --metrics-addr")?;
     let runtime_options = RuntimeOptions {
         max_batch: options.max_batch,
         lag: Some(metrics.lag.clone()),

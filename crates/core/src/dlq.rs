@@ -6,10 +6,13 @@
 
 use std::time::Duration;
 
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
 
-use crate::retry::Classify;
+use crate::metrics::{Metrics, ReasonLabels};
+use crate::retry::{retry_until_cancelled, Classify};
+use crate::runtime::Cancelled;
 
 /// Headers on every dead-lettered record.
 pub const HEADER_REASON: &str = "dlq.reason";
@@ -56,6 +59,14 @@ impl Classify for DlqError {
 /// source position, so the original can still be read from the source topic).
 pub const MAX_PARKED_BYTES: usize = 256 * 1024;
 
+/// The producer dead letters are written with: `base` (brokers and extra options) with acks=all
+/// and idempotence.
+pub fn producer(mut base: rdkafka::ClientConfig) -> rdkafka::error::KafkaResult<FutureProducer> {
+    base.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()
+}
+
 /// Writes one dead letter and waits for its acknowledgement.
 pub async fn park(producer: &FutureProducer, letter: &DeadLetter<'_>) -> Result<(), DlqError> {
     let topic = topic_for(letter.source_topic);
@@ -95,4 +106,45 @@ pub async fn park(producer: &FutureProducer, letter: &DeadLetter<'_>) -> Result<
         .await
         .map(|_| ())
         .map_err(|(source, _)| DlqError { topic, source })
+}
+
+/// Parks `message` in its topic's dead-letter topic with `reason`, retrying the write until it is
+/// acknowledged (a record must end up somewhere), and counts it in `metrics`.
+pub async fn park_message(
+    producer: &FutureProducer,
+    metrics: &Metrics,
+    message: &OwnedMessage,
+    reason: &str,
+    error: String,
+    cancel: &CancellationToken,
+) -> Result<(), Cancelled> {
+    tracing::warn!(
+        topic = message.topic(),
+        partition = message.partition(),
+        offset = message.offset(),
+        reason,
+        error = %error,
+        "dead-lettering record"
+    );
+    let letter = DeadLetter {
+        source_topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key(),
+        payload: message.payload(),
+        reason,
+        error,
+    };
+    let parked =
+        retry_until_cancelled("dead-letter write", cancel, || park(producer, &letter)).await?;
+    if parked.is_ok() {
+        metrics
+            .dead_lettered
+            .get_or_create(&ReasonLabels {
+                topic: message.topic().to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+    Ok(())
 }

@@ -5,17 +5,17 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, Retryable};
+use backon::BackoffBuilder;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::dlq::{self, DeadLetter};
+use crate::dlq;
 use crate::events::{self, EntityKind, Event, OrderEvent, UserEvent};
-use crate::metrics::{Metrics, ReasonLabels, TopicLabels};
+use crate::metrics::{Metrics, TopicLabels};
 use crate::pg;
-use crate::retry::{backoff, Classify};
+use crate::retry::{backoff, retry_until_cancelled};
 use crate::runtime::{BatchHandler, Cancelled};
 
 pub struct EventHandler {
@@ -33,34 +33,6 @@ impl std::fmt::Debug for EventHandler {
             .field("kind", &self.kind)
             .field("parent_wait", &self.parent_wait)
             .finish_non_exhaustive()
-    }
-}
-
-/// Runs `op` until it succeeds, retrying transient errors with backoff, until `cancel` fires.
-/// A permanent error is returned to the caller.
-async fn retry_until_cancelled<T, E, F, Fut>(
-    what: &str,
-    cancel: &CancellationToken,
-    op: F,
-) -> Result<Result<T, E>, Cancelled>
-where
-    E: Classify + std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let attempt = op
-        .retry(backoff(Duration::from_secs(3600)))
-        .when(|error: &E| error.is_transient() && !cancel.is_cancelled())
-        .notify(|error: &E, delay: Duration| {
-            tracing::warn!(what, error = %error, retry_in_ms = delay.as_millis(), "transient failure; retrying");
-        });
-    tokio::select! {
-        biased;
-        () = cancel.cancelled() => Err(Cancelled),
-        result = attempt => match result {
-            Err(error) if error.is_transient() => Err(Cancelled),
-            other => Ok(other),
-        },
     }
 }
 
@@ -85,38 +57,7 @@ impl EventHandler {
         error: String,
         cancel: &CancellationToken,
     ) -> Result<(), Cancelled> {
-        tracing::warn!(
-            topic = message.topic(),
-            partition = message.partition(),
-            offset = message.offset(),
-            reason,
-            error = %error,
-            "dead-lettering record"
-        );
-        let letter = DeadLetter {
-            source_topic: message.topic(),
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key(),
-            payload: message.payload(),
-            reason,
-            error,
-        };
-        // A dead-letter write is retried until it succeeds: the record must end up somewhere.
-        let parked = retry_until_cancelled("dead-letter write", cancel, || {
-            dlq::park(&self.dlq, &letter)
-        })
-        .await?;
-        if parked.is_ok() {
-            self.metrics
-                .dead_lettered
-                .get_or_create(&ReasonLabels {
-                    topic: message.topic().to_owned(),
-                    reason: reason.to_owned(),
-                })
-                .inc();
-        }
-        Ok(())
+        dlq::park_message(&self.dlq, &self.metrics, message, reason, error, cancel).await
     }
 
     async fn apply_users(

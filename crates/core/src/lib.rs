@@ -3,6 +3,8 @@
 //!
 //! The binaries stay thin; anything with behaviour worth testing lives here.
 
+pub mod cassandra;
+pub mod cdc;
 pub mod config;
 pub mod debezium;
 pub mod dlq;
@@ -17,3 +19,4 @@ pub mod retry;
 pub mod runtime;
 pub mod shutdown;
 pub mod topics;
+pub mod verify;

@@ -111,6 +111,19 @@ impl Metrics {
         }
     }
 
+    /// Adds a metric of one binary's own to the registry.
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .register(name, help, metric);
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
@@ -138,14 +151,20 @@ impl Metrics {
         };
         let dead: u64 = {
             // Family has no iteration API: sum the reasons we know of.
-            crate::events::REASONS
+            // Both paths share some reasons ("undecodable"): count each once.
+            let reasons: std::collections::BTreeSet<&str> = crate::events::REASONS
                 .iter()
                 .chain(["missing_parent", "rejected_by_database"].iter())
+                .chain(crate::cdc::REASONS.iter())
+                .copied()
+                .collect();
+            reasons
+                .into_iter()
                 .map(|reason| {
                     self.dead_lettered
                         .get_or_create(&ReasonLabels {
                             topic: topic.to_owned(),
-                            reason: (*reason).to_owned(),
+                            reason: reason.to_owned(),
                         })
                         .get()
                 })
@@ -157,6 +176,26 @@ impl Metrics {
             self.applied.get_or_create(&labels).get(),
             dead
         )
+    }
+
+    /// Serves the endpoint on `address` (`host:port`; empty: no endpoint) in the background until
+    /// `shutdown` fires.
+    pub fn spawn_server(
+        &self,
+        address: &str,
+        shutdown: CancellationToken,
+    ) -> Result<(), std::net::AddrParseError> {
+        if address.trim().is_empty() {
+            return Ok(());
+        }
+        let address: SocketAddr = address.parse()?;
+        let server = self.clone().serve(address, shutdown);
+        tokio::spawn(async move {
+            if let Err(error) = server.await {
+                tracing::error!(error = %error, "metrics endpoint failed");
+            }
+        });
+        Ok(())
     }
 
     /// Serves `/metrics` and `/health` on `address` until `shutdown` fires.

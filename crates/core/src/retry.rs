@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use backon::ExponentialBuilder;
+use backon::{ExponentialBuilder, Retryable};
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::Cancelled;
 
 /// Whether an error may go away by itself (connection lost, timeout, serialization failure,
 /// deadlock, a parent row not there yet) or needs a person (undecodable or invalid input).
@@ -21,6 +24,34 @@ pub fn backoff(total: Duration) -> ExponentialBuilder {
         .with_jitter()
         .without_max_times()
         .with_total_delay(Some(total))
+}
+
+/// Runs `op` until it succeeds, retrying transient errors with backoff, until `cancel` fires.
+/// A permanent error is returned to the caller.
+pub async fn retry_until_cancelled<T, E, F, Fut>(
+    what: &str,
+    cancel: &CancellationToken,
+    op: F,
+) -> Result<Result<T, E>, Cancelled>
+where
+    E: Classify + std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let attempt = op
+        .retry(backoff(Duration::from_secs(3600)))
+        .when(|error: &E| error.is_transient() && !cancel.is_cancelled())
+        .notify(|error: &E, delay: Duration| {
+            tracing::warn!(what, error = %error, retry_in_ms = delay.as_millis(), "transient failure; retrying");
+        });
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Err(Cancelled),
+        result = attempt => match result {
+            Err(error) if error.is_transient() => Err(Cancelled),
+            other => Ok(other),
+        },
+    }
 }
 
 #[cfg(test)]

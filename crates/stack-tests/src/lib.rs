@@ -262,6 +262,60 @@ impl Drop for RestartOnDrop {
     }
 }
 
+/// The path of the binary `package` (a workspace package with a binary of the same name), built
+/// on first use with the profile and target folder of the running test, for tests that drive
+/// another package's binary (`env!("CARGO_BIN_EXE_…")` only names the test's own package's).
+pub fn workspace_binary(package: &str) -> Result<PathBuf> {
+    use std::sync::{Mutex, OnceLock};
+    static BUILT: OnceLock<Mutex<BTreeMap<String, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| Mutex::new(BTreeMap::new()));
+    let mut built = built
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(path) = built.get(package) {
+        return Ok(path.clone());
+    }
+    // A test runs as <target>/<profile>/deps/<name>: build into the same <target>/<profile>.
+    let exe = std::env::current_exe().context("locating the test binary")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .with_context(|| format!("{} is not in <target>/<profile>/deps", exe.display()))?;
+    let target_dir = profile_dir
+        .parent()
+        .with_context(|| format!("{} has no parent", profile_dir.display()))?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev".to_owned(),
+        Some(name) => name.to_owned(),
+        None => bail!("cannot tell the profile of {}", profile_dir.display()),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(repo_root())
+        .args(["build", "--quiet", "--locked", "--profile", &profile])
+        .args(["-p", package, "--bin", package])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .output()
+        .with_context(|| format!("running cargo build -p {package}"))?;
+    if !output.status.success() {
+        bail!(
+            "cargo build -p {package} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let path = profile_dir.join(format!("{package}{}", std::env::consts::EXE_SUFFIX));
+    if !path.is_file() {
+        bail!(
+            "cargo build -p {package} did not produce {}",
+            path.display()
+        );
+    }
+    built.insert(package.to_owned(), path.clone());
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
