@@ -49,15 +49,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cdc_core::cassandra::{self, parse_consistency, Statements, Table, Write};
-use cdc_core::cdc::{self, CdcHandler, CdcMetrics, Planned};
+use cdc_core::cdc::{self, CdcHandler, CdcMetrics, KeyGates, Planned};
 use cdc_core::config::KafkaArgs;
 use cdc_core::debezium::{self, DecimalMode, Field};
 use cdc_core::events::EntityKind;
 use cdc_core::metrics::Metrics;
-use cdc_core::runtime::BatchHandler;
+use cdc_core::runtime::{start_batch, BatchOutcome};
 use cdc_core::topics::TopicSpec;
 use chrono::{DateTime, Utc};
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, FuturesOrdered, StreamExt, TryStreamExt};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage, Timestamp};
@@ -76,9 +76,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::common::{
-    self, create_topics, drop_keyspace, kafka_env, locate_binary, median, mib, percentile,
-    send_all, tail, unique_name, wait_until_quiet, AbortOnDrop, Cleanup, Record, Subject,
-    SAMPLE_EVERY,
+    self, cpu_seconds, create_topics, drop_keyspace, kafka_env, locate_binary, median, mib,
+    percentile, send_all, tail, unique_name, wait_until_quiet, AbortOnDrop, Cleanup, Record,
+    Subject, SAMPLE_EVERY,
 };
 use crate::Context as BenchContext;
 
@@ -125,6 +125,9 @@ pub struct CdcArgs {
     /// cdcconsumer's `--max-batch`.
     #[arg(long, default_value_t = 500)]
     pub max_batch: usize,
+    /// cdcconsumer's `--pipeline` (batches of a partition in flight at once).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub pipeline: u16,
     /// cdcconsumer's `--idle-timeout-secs` in the write-rate runs (not part of the time).
     #[arg(long, default_value_t = 2)]
     pub idle_timeout_secs: u64,
@@ -224,6 +227,8 @@ impl Launcher<'_> {
             .arg(self.args.lanes.to_string())
             .arg("--max-batch")
             .arg(self.args.max_batch.to_string())
+            .arg("--pipeline")
+            .arg(self.args.pipeline.to_string())
             .arg("--idle-timeout-secs")
             .arg(idle_timeout_secs.to_string())
             .arg("--metrics-addr")
@@ -293,11 +298,12 @@ pub async fn run(ctx: &BenchContext, args: &CdcArgs, cleanup: &mut Cleanup) -> R
 
     println!();
     println!(
-        "cdcconsumer → Cassandra — {} — consistency {}, lanes {}, max batch {}",
+        "cdcconsumer → Cassandra — {} — consistency {}, lanes {}, max batch {}, pipeline {}",
         Utc::now().format("%Y-%m-%d %H:%M UTC"),
         args.consistency,
         args.lanes,
-        args.max_batch
+        args.max_batch,
+        args.pipeline
     );
     if let Some(rate) = &write_rate {
         report_write_rate(args, rate);
@@ -830,6 +836,9 @@ struct RateSample {
     /// cdcconsumer: spawn → last change applied.
     wall: Option<f64>,
     peak_rss_kib: Option<u64>,
+    /// CPU time: cdcconsumer's whole process (start-up included); in-process variants, this
+    /// process during the timed part.
+    cpu_seconds: Option<f64>,
     summary: Option<String>,
     /// cdcconsumer's warnings and errors (it runs at `--log-level warn`): count and the last.
     warnings: Option<(usize, String)>,
@@ -1076,6 +1085,7 @@ async fn run_ours(
         seconds: done.duration_since(last_idle).as_secs_f64(),
         wall: Some(done.duration_since(spawned).as_secs_f64()),
         peak_rss_kib: finished.peak_rss_kib,
+        cpu_seconds: finished.cpu_seconds,
         summary: Some(summary_lines(&finished.stdout)),
         warnings: Some(warnings(&finished.stderr)),
         batches: Some(batches),
@@ -1095,6 +1105,7 @@ async fn run_bare(
         Statements::prepare(&session, keyspace, consistency)
     })
     .await?;
+    let cpu_before = cpu_seconds("self");
     let started = Instant::now();
     stream::iter(writes)
         .map(|(write, ts)| statements.execute(&session, write, *ts))
@@ -1108,6 +1119,7 @@ async fn run_bare(
         seconds,
         wall: None,
         peak_rss_kib: None,
+        cpu_seconds: cpu_seconds("self").zip(cpu_before).map(|(a, b)| a - b),
         summary: None,
         warnings: None,
         batches: None,
@@ -1135,20 +1147,27 @@ async fn run_handler(
         cdc_metrics: CdcMetrics::register(&metrics),
         metrics: metrics.clone(),
         lanes: args.lanes,
+        gates: KeyGates::default(),
         decimals: DecimalMode::Precise,
     });
     let cancel = CancellationToken::new();
+    let cpu_before = cpu_seconds("self");
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for queue in partitioned {
         let (handler, cancel, queue) = (Arc::clone(&handler), cancel.clone(), queue.clone());
-        let max_batch = args.max_batch;
+        let (max_batch, depth) = (args.max_batch, usize::from(args.pipeline));
         tasks.spawn(async move {
+            // As the runtime does: up to `depth` batches in flight, started in order.
+            let mut in_flight = FuturesOrdered::new();
             for batch in queue.chunks(max_batch) {
-                handler
-                    .handle(batch, &cancel)
-                    .await
-                    .map_err(|_| anyhow!("the handler gave up on a batch"))?;
+                if in_flight.len() >= depth {
+                    finish_batch(in_flight.next().await)?;
+                }
+                in_flight.push_back(start_batch(&handler, batch.to_vec(), &cancel).await);
+            }
+            while let Some(outcome) = in_flight.next().await {
+                finish_batch(Some(outcome))?;
             }
             anyhow::Ok(())
         });
@@ -1157,6 +1176,7 @@ async fn run_handler(
         done??;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds("self").zip(cpu_before).map(|(a, b)| a - b);
     let counts = Counts::parse(&metrics.render());
     ensure!(
         counts.dead_lettered == 0,
@@ -1168,11 +1188,19 @@ async fn run_handler(
         seconds,
         wall: None,
         peak_rss_kib: None,
+        cpu_seconds: cpu,
         summary: None,
         warnings: None,
         batches: None,
         busy_before: None,
     })
+}
+
+fn finish_batch(outcome: Option<BatchOutcome>) -> Result<()> {
+    match outcome {
+        Some((Ok(()), _)) => Ok(()),
+        _ => bail!("the handler gave up on a batch"),
+    }
 }
 
 /// Every table holds every row at its final version (count and sum of `version`).
@@ -1233,10 +1261,14 @@ fn report_write_rate(args: &CdcArgs, rate: &WriteRate) {
          the last acknowledgement",
         PROGRESS_EVERY.as_millis()
     );
+    println!(
+        "   CPU s: user + system CPU time (median); cdcconsumer's whole process, start-up and idle \
+         wait included; in-process variants, this process while timed (scylla driver included)"
+    );
     println!();
     println!(
-        "{:<58} {:>9} {:>12} {:>11} {:>9}   runs (s)",
-        "variant", "seconds", "changes/s", "writes/s", "vs bare"
+        "{:<58} {:>9} {:>12} {:>11} {:>9} {:>7}   runs (s)",
+        "variant", "seconds", "changes/s", "writes/s", "vs bare", "CPU s"
     );
     for (index, variant) in rate.variants.iter().enumerate() {
         let samples = rate.samples.get(&index).map_or(&[][..], Vec::as_slice);
@@ -1245,13 +1277,15 @@ fn report_write_rate(args: &CdcArgs, rate: &WriteRate) {
             .iter()
             .map(|s| format!("{:.2}", s.seconds))
             .collect();
+        let cpu: Vec<f64> = samples.iter().filter_map(|s| s.cpu_seconds).collect();
         println!(
-            "{:<58} {:>9.3} {:>12.0} {:>11.0} {:>8.2}x   {}",
+            "{:<58} {:>9.3} {:>12.0} {:>11.0} {:>8.2}x {:>7.2}   {}",
             variant.label(args, rate.partitions),
             median_seconds,
             changes / median_seconds,
             writes / median_seconds,
             reference / median_seconds,
+            median(&cpu),
             each.join(" ")
         );
     }

@@ -337,7 +337,14 @@ pub struct Subject {
     pub child: tokio::process::Child,
     stdout: JoinHandle<String>,
     stderr: JoinHandle<String>,
-    peak_rss: JoinHandle<Option<u64>>,
+    usage: JoinHandle<Usage>,
+}
+
+/// What sampling `/proc` saw of a process.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    peak_rss_kib: Option<u64>,
+    cpu_seconds: Option<f64>,
 }
 
 /// What a finished subject left behind.
@@ -348,6 +355,9 @@ pub struct Finished {
     pub stderr: String,
     /// Peak resident set size in KiB (VmHWM), sampled every [`SAMPLE_EVERY`].
     pub peak_rss_kib: Option<u64>,
+    /// User + system CPU time of all its threads, as last sampled (at most [`SAMPLE_EVERY`]
+    /// before it exited).
+    pub cpu_seconds: Option<f64>,
 }
 
 impl Subject {
@@ -366,7 +376,7 @@ impl Subject {
             child,
             stdout: tokio::spawn(read_all(stdout)),
             stderr: tokio::spawn(read_all(stderr)),
-            peak_rss: tokio::spawn(sample_peak_rss(pid)),
+            usage: tokio::spawn(sample_usage(pid)),
         })
     }
 
@@ -384,11 +394,13 @@ impl Subject {
                 );
             }
         };
+        let usage = self.usage.await.unwrap_or_default();
         Ok(Finished {
             status,
             stdout: self.stdout.await.unwrap_or_default(),
             stderr: self.stderr.await.unwrap_or_default(),
-            peak_rss_kib: self.peak_rss.await.unwrap_or_default(),
+            peak_rss_kib: usage.peak_rss_kib,
+            cpu_seconds: usage.cpu_seconds,
         })
     }
 
@@ -414,7 +426,7 @@ pub fn tail(text: &str, lines: usize) -> String {
 
 /// Largest of VmHWM and VmRSS in /proc/<pid>/status, in KiB; `None` once the process is gone
 /// (or a zombie, whose status has no memory lines).
-fn read_rss_kib(pid: u32) -> Option<u64> {
+fn read_rss_kib(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -426,15 +438,30 @@ fn read_rss_kib(pid: u32) -> Option<u64> {
         .max()
 }
 
-/// Samples the process's memory until it is gone; returns the highest value seen. VmHWM is the
-/// kernel's own high-water mark, so only growth in the last interval before exit can be missed.
-async fn sample_peak_rss(pid: u32) -> Option<u64> {
-    let mut peak = None;
-    while let Some(kib) = read_rss_kib(pid) {
-        peak = peak.max(Some(kib));
+/// User + system CPU time of every thread of `pid` so far, from /proc/<pid>/stat (`self` for this
+/// process). The kernel counts it in USER_HZ ticks, 100 per second on Linux.
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state is field 3, utime 14 and stime 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    #[allow(clippy::cast_precision_loss)]
+    Some(ticks as f64 / 100.0)
+}
+
+/// Samples the process's memory and CPU time until it is gone; returns the highest memory seen and
+/// the last CPU time. VmHWM is the kernel's own high-water mark, so only growth in the last interval
+/// before exit can be missed.
+async fn sample_usage(pid: u32) -> Usage {
+    let pid = pid.to_string();
+    let mut usage = Usage::default();
+    while let Some(kib) = read_rss_kib(&pid) {
+        usage.peak_rss_kib = usage.peak_rss_kib.max(Some(kib));
+        usage.cpu_seconds = cpu_seconds(&pid).or(usage.cpu_seconds);
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
-    peak
+    usage
 }
 
 /// Aggregate CPU time of the machine from /proc/stat: (busy, total) in clock ticks.
@@ -693,7 +720,19 @@ mod tests {
 
     #[test]
     fn own_memory_is_readable() {
-        let kib = read_rss_kib(std::process::id());
+        let kib = read_rss_kib(&std::process::id().to_string());
         assert!(kib.is_some_and(|k| k > 0), "{kib:?}");
+    }
+
+    #[test]
+    fn own_cpu_time_grows_with_work() {
+        let before = cpu_seconds("self").expect("own /proc/self/stat");
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let after = cpu_seconds("self").expect("own /proc/self/stat");
+        assert!(after - before >= 0.05, "{before} → {after}");
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cdc_core::cassandra::{self, CassandraArgs, Statements};
-use cdc_core::cdc::{CdcHandler, CdcMetrics};
+use cdc_core::cdc::{CdcHandler, CdcMetrics, KeyGates};
 use cdc_core::config::{KafkaArgs, LogArgs, Secret};
 use cdc_core::debezium::DecimalMode;
 use cdc_core::metrics::Metrics;
@@ -74,9 +74,13 @@ struct RunArgs {
     /// Most records handled in one batch.
     #[arg(long, env = "MAX_BATCH", default_value_t = 500)]
     max_batch: usize,
-    /// Rows written at once per partition (each key's changes stay in order).
+    /// Keys written at once per batch (each key's changes stay in order).
     #[arg(long, env = "LANES", default_value_t = 64)]
     lanes: usize,
+    /// Batches of one partition in flight at once: the next batch is written while the previous
+    /// one finishes; a key's changes still go in order and offsets are stored in order.
+    #[arg(long, env = "PIPELINE", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pipeline: u16,
     /// How long a partition's worker waits for more records once it has some (latency vs. batch
     /// size).
     #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 5)]
@@ -185,6 +189,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         cdc_metrics,
         lanes: args.lanes,
+        gates: KeyGates::default(),
         decimals: match args.decimal_handling_mode {
             Decimals::Precise => DecimalMode::Precise,
             Decimals::String => DecimalMode::String,
@@ -195,14 +200,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config
         .set("group.id", &args.group)
         .set("auto.offset.reset", "earliest");
-    // Debezium's envelopes with embedded schemas are a few KiB each: cap librdkafka's prefetch
-    // (64 MiB by default) so a backlog does not fill memory.
-    if config.get("queued.max.messages.kbytes").is_none() {
-        config.set("queued.max.messages.kbytes", "2048");
+    // Debezium's envelopes with embedded schemas are a few KiB each and compress very well:
+    // librdkafka keeps each decompressed fetch until its last record is consumed, so both the
+    // prefetch queue (64 MiB by default) and the compressed size of one partition's fetch (1 MiB by
+    // default, many times that once decompressed) are capped, or a backlog fills memory. At
+    // 512 KiB the write rate is unchanged; 256 KiB starved the partitions.
+    for (key, value) in [
+        ("queued.max.messages.kbytes", "2048"),
+        ("max.partition.fetch.bytes", "524288"),
+    ] {
+        if config.get(key).is_none() {
+            config.set(key, value);
+        }
     }
     let runtime_options = RuntimeOptions {
         max_batch: args.max_batch,
         batch_linger: Duration::from_millis(args.batch_linger_ms),
+        pipeline: usize::from(args.pipeline),
         lag: Some(metrics.lag.clone()),
         idle_timeout: (args.idle_timeout_secs > 0)
             .then(|| Duration::from_secs(args.idle_timeout_secs)),

@@ -13,7 +13,9 @@
 //!   are done and deletes, at the truncation's timestamp, whatever it wrote that is older. Either the
 //!   truncation's scan saw the row, or the writer sees the truncation.
 //! - **Concurrency within a partition**: a batch's changes are grouped by row key; one key's changes
-//!   are written one after another in batch order, up to `lanes` keys at once.
+//!   are written one after another in batch order, up to `lanes` keys at once. When the runtime
+//!   pipelines batches, [`KeyGates`] keeps a key's changes in a later batch behind its changes in an
+//!   earlier one.
 //! - **Failures**: transient errors (write timeouts, unavailable replicas, broken connections) are
 //!   retried with the same timestamp until they succeed or the partition is revoked; an undecodable
 //!   record, or one Cassandra refuses as invalid, is parked in `<topic>.dlq` and the partition moves
@@ -22,9 +24,12 @@
 
 use std::collections::BTreeSet;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::channel::oneshot;
+use futures::future::{FutureExt, Shared};
 use futures::stream::{self, StreamExt};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -370,10 +375,12 @@ pub struct CdcHandler {
     pub dlq: FutureProducer,
     pub metrics: Metrics,
     pub cdc_metrics: CdcMetrics,
-    /// Writes in flight at once per partition (distinct keys).
+    /// Keys written at once per batch (a partition has up to `pipeline` batches in flight).
     pub lanes: usize,
     /// The connector's `decimal.handling.mode`, for records without an embedded schema.
     pub decimals: DecimalMode,
+    /// Per-key order across batches in flight; start with `KeyGates::default()`.
+    pub gates: KeyGates,
 }
 
 impl std::fmt::Debug for CdcHandler {
@@ -385,18 +392,95 @@ impl std::fmt::Debug for CdcHandler {
     }
 }
 
-/// The plans grouped by row key, each group in batch order, groups in order of first appearance.
-fn chains_by_key(plans: &[(usize, Plan)]) -> Vec<Vec<&(usize, Plan)>> {
-    let mut position: HashMap<Uuid, usize> = HashMap::new();
-    let mut chains: Vec<Vec<&(usize, Plan)>> = Vec::new();
-    for entry in plans {
-        let at = *position.entry(entry.1.key).or_insert_with(|| {
-            chains.push(Vec::new());
+/// A row's identity: changes of one key are written in order.
+type RowKey = (Table, Uuid);
+
+/// The positions of `plans` grouped by row key, each group in batch order, groups in order of
+/// first appearance.
+fn chains_by_key(plans: &[(usize, Plan)]) -> Vec<(RowKey, Vec<usize>)> {
+    let mut position: HashMap<RowKey, usize> = HashMap::new();
+    let mut chains: Vec<(RowKey, Vec<usize>)> = Vec::new();
+    for (at, (_, plan)) in plans.iter().enumerate() {
+        let key = (plan.table, plan.key);
+        let chain = *position.entry(key).or_insert_with(|| {
+            chains.push((key, Vec::new()));
             chains.len() - 1
         });
-        chains[at].push(entry);
+        chains[chain].1.push(at);
     }
     chains
+}
+
+/// Keeps each row's writes in order across the batches a partition has in flight at once: a
+/// batch claims a turn for each of its keys when it starts (in batch order, before its first
+/// `.await`), and a turn waits for the key's previous turn to end before writing.
+#[derive(Debug, Default)]
+pub struct KeyGates {
+    /// Per key, the latest turn: its id and a signal that resolves when that turn ends.
+    latest: std::sync::Mutex<HashMap<RowKey, (u64, TurnEnded)>>,
+    next_id: AtomicU64,
+}
+
+impl KeyGates {
+    fn latest(&self) -> std::sync::MutexGuard<'_, HashMap<RowKey, (u64, TurnEnded)>> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The next turn of `key`; it runs after every turn claimed before it.
+    fn claim(&self, key: RowKey) -> Turn<'_> {
+        let id = self.next_id.fetch_add(1, AtomicOrdering::Relaxed);
+        let (ended, signal) = oneshot::channel();
+        let after = self
+            .latest()
+            .insert(key, (id, signal.shared()))
+            .map(|(_, previous)| previous);
+        Turn {
+            gates: self,
+            key,
+            id,
+            after,
+            _ended: ended,
+        }
+    }
+
+    /// Keys with a turn claimed and not yet ended.
+    pub fn pending(&self) -> usize {
+        self.latest().len()
+    }
+}
+
+type TurnEnded = Shared<oneshot::Receiver<()>>;
+
+/// One key's turn. It ends when dropped: written, refused or abandoned.
+struct Turn<'a> {
+    gates: &'a KeyGates,
+    key: RowKey,
+    id: u64,
+    after: Option<TurnEnded>,
+    /// Dropping the sender resolves the signal the next turn waits on.
+    _ended: oneshot::Sender<()>,
+}
+
+impl Turn<'_> {
+    /// Waits until the key's previous turn has ended.
+    async fn begin(&mut self) {
+        if let Some(previous) = &self.after {
+            // Err only means the sender is gone, which is how a turn ends.
+            let _ = previous.clone().await;
+        }
+        self.after = None;
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut latest = self.gates.latest();
+        if latest.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            latest.remove(&self.key);
+        }
+    }
 }
 
 fn micros_now() -> i64 {
@@ -418,18 +502,21 @@ impl CdcHandler {
     }
 
     /// Writes the plans of one segment (no truncation inside): each key's plans one after another,
-    /// up to `lanes` keys at once. Returns the indexes of plans Cassandra refused, with the error.
+    /// after the key's turns in earlier batches, up to `lanes` keys at once. Returns the indexes of
+    /// plans Cassandra refused, with the error.
     async fn write_plans(
         &self,
         plans: &[(usize, Plan)],
+        chains: Vec<(Turn<'_>, Vec<usize>)>,
         cancel: &CancellationToken,
     ) -> Result<Vec<(usize, CassandraError)>, Cancelled> {
-        let chains = chains_by_key(plans);
         let pending: Vec<_> = chains
             .into_iter()
-            .map(|chain| async move {
+            .map(|(mut turn, chain)| async move {
+                turn.begin().await;
                 let mut refused = Vec::new();
-                for (index, plan) in chain {
+                for at in chain {
+                    let (index, plan) = &plans[at];
                     // One change's writes touch different rows and share a timestamp: they may
                     // run together.
                     let written = futures::future::join_all(
@@ -443,6 +530,7 @@ impl CdcHandler {
                         }
                     }
                 }
+                drop(turn);
                 Ok::<_, Cancelled>(refused)
             })
             .collect();
@@ -557,14 +645,74 @@ impl CdcHandler {
     }
 }
 
-/// One decoded record of a batch.
-enum Step {
-    Segment(Vec<(usize, Plan)>),
+/// The changes of a batch between truncations, with a turn claimed for each key.
+struct Segment<'a> {
+    plans: Vec<(usize, Plan)>,
+    /// Per key: its turn and the positions of its plans in `plans`.
+    chains: Vec<(Turn<'a>, Vec<usize>)>,
+}
+
+/// One decoded part of a batch.
+enum Step<'a> {
+    Segment(Segment<'a>),
     Truncate {
         table: Table,
         lsn: i64,
         commit_micros: i64,
     },
+}
+
+/// A batch decoded and planned, its keys' turns claimed.
+struct Decoded<'a> {
+    steps: Vec<Step<'a>>,
+    /// Records that cannot be applied, with why.
+    refused: Vec<(usize, PlanError)>,
+    /// Records that need no write (tombstones).
+    nothing: u64,
+}
+
+impl CdcHandler {
+    /// Decodes and plans `batch` and claims its keys' turns; no `.await`, so batches claim in the
+    /// order the runtime starts them.
+    fn decode<'a>(&'a self, batch: &[OwnedMessage]) -> Decoded<'a> {
+        let mut decoded = Decoded {
+            steps: Vec::new(),
+            refused: Vec::new(),
+            nothing: 0,
+        };
+        let mut plans = Vec::new();
+        let close = |plans: Vec<(usize, Plan)>| {
+            let chains = chains_by_key(&plans)
+                .into_iter()
+                .map(|(key, chain)| (self.gates.claim(key), chain))
+                .collect();
+            Step::Segment(Segment { plans, chains })
+        };
+        for (index, message) in batch.iter().enumerate() {
+            let planned = debezium::parse(message.key(), message.payload())
+                .map_err(PlanError::from)
+                .and_then(|record| plan(&record, self.decimals));
+            match planned {
+                Ok(Planned::Writes(p)) => plans.push((index, p)),
+                Ok(Planned::Truncate {
+                    table,
+                    lsn,
+                    commit_micros,
+                }) => {
+                    decoded.steps.push(close(std::mem::take(&mut plans)));
+                    decoded.steps.push(Step::Truncate {
+                        table,
+                        lsn,
+                        commit_micros,
+                    });
+                }
+                Ok(Planned::Nothing) => decoded.nothing += 1,
+                Err(error) => decoded.refused.push((index, error)),
+            }
+        }
+        decoded.steps.push(close(plans));
+        decoded
+    }
 }
 
 impl BatchHandler for CdcHandler {
@@ -574,58 +722,26 @@ impl BatchHandler for CdcHandler {
         cancel: &CancellationToken,
     ) -> Result<(), Cancelled> {
         let started = Instant::now();
-        let topic = TopicLabels {
-            topic: batch
-                .first()
-                .map(|m| m.topic().to_owned())
-                .unwrap_or_default(),
-        };
-        self.metrics
-            .consumed
-            .get_or_create(&topic)
-            .inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
-        // Decode everything first; bad records go to the dead-letter topic.
-        let mut steps: Vec<Step> = Vec::new();
-        let mut current = Vec::new();
-        let mut applied = 0u64;
-        for (index, message) in batch.iter().enumerate() {
-            let planned = debezium::parse(message.key(), message.payload())
-                .map_err(PlanError::from)
-                .and_then(|record| plan(&record, self.decimals));
-            match planned {
-                Ok(Planned::Writes(p)) => current.push((index, p)),
-                Ok(Planned::Truncate {
-                    table,
-                    lsn,
-                    commit_micros,
-                }) => {
-                    steps.push(Step::Segment(std::mem::take(&mut current)));
-                    steps.push(Step::Truncate {
-                        table,
-                        lsn,
-                        commit_micros,
-                    });
-                }
-                Ok(Planned::Nothing) => applied += 1,
-                Err(error) => {
-                    dlq::park_message(
-                        &self.dlq,
-                        &self.metrics,
-                        message,
-                        error.reason(),
-                        error.to_string(),
-                        cancel,
-                    )
-                    .await?
-                }
-            }
+        // Before any `.await`: see `KeyGates`.
+        let decoded = self.decode(batch);
+        let topic = self.metrics.count_consumed(batch);
+        let mut applied = decoded.nothing;
+        for (index, error) in decoded.refused {
+            dlq::park_message(
+                &self.dlq,
+                &self.metrics,
+                &batch[index],
+                error.reason(),
+                error.to_string(),
+                cancel,
+            )
+            .await?;
         }
-        steps.push(Step::Segment(current));
-        for step in steps {
+        for step in decoded.steps {
             match step {
-                Step::Segment(plans) if plans.is_empty() => {}
-                Step::Segment(plans) => {
-                    let refused = self.write_plans(&plans, cancel).await?;
+                Step::Segment(segment) if segment.plans.is_empty() => {}
+                Step::Segment(Segment { plans, chains }) => {
+                    let refused = self.write_plans(&plans, chains, cancel).await?;
                     self.settle_truncations(&plans, cancel).await?;
                     let refused_at: BTreeSet<usize> = refused.iter().map(|(i, _)| *i).collect();
                     for (index, error) in refused {
@@ -839,11 +955,42 @@ mod tests {
             })
             .collect();
         let chains = chains_by_key(&plans);
-        let indexes: Vec<Vec<usize>> = chains
-            .iter()
-            .map(|c| c.iter().map(|(i, _)| *i).collect())
-            .collect();
-        assert_eq!(indexes, vec![vec![0, 2, 3], vec![1, 4]]);
+        let keys: Vec<Uuid> = chains.iter().map(|((_, key), _)| *key).collect();
+        assert_eq!(keys, vec![a, b]);
+        let positions: Vec<Vec<usize>> = chains.into_iter().map(|(_, chain)| chain).collect();
+        assert_eq!(positions, vec![vec![0, 2, 3], vec![1, 4]]);
+    }
+
+    #[tokio::test]
+    async fn a_key_s_turn_waits_for_the_turns_claimed_before_it() {
+        let gates = KeyGates::default();
+        let key = (Table::Users, Uuid::new_v4());
+        let first = gates.claim(key);
+        let mut second = gates.claim(key);
+        let mut third = gates.claim(key);
+        let mut other = gates.claim((Table::Orders, key.1));
+        assert_eq!(gates.pending(), 2);
+        assert!(
+            other.begin().now_or_never().is_some(),
+            "another key does not wait"
+        );
+        {
+            let mut waiting = std::pin::pin!(second.begin());
+            assert!(futures::poll!(waiting.as_mut()).is_pending());
+            assert!(futures::poll!(waiting.as_mut()).is_pending());
+            drop(first);
+            assert!(futures::poll!(waiting.as_mut()).is_ready());
+        }
+        assert!(
+            third.begin().now_or_never().is_none(),
+            "the third waits for the second"
+        );
+        drop(second);
+        assert!(third.begin().now_or_never().is_some());
+        drop(other);
+        assert_eq!(gates.pending(), 1, "the key's latest turn is still held");
+        drop(third);
+        assert_eq!(gates.pending(), 0, "ended turns leave nothing behind");
     }
 
     #[test]

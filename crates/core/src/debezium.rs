@@ -20,12 +20,14 @@
 //! An unchanged TOASTed column arrives as `__debezium_unavailable_value`: [`Field::Unavailable`]
 //! means "leave this column as it is", never a value to write.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use base64::Engine;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use rust_decimal::Decimal;
+use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -82,12 +84,78 @@ impl Source {
     }
 }
 
-/// One before or after image: column name → JSON value, with the column's Connect schema if the
-/// converter embedded one.
+/// One before or after image: column name → JSON value, with what the column's Connect schema
+/// says if the converter embedded one.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Image {
-    values: BTreeMap<String, Value>,
-    schemas: BTreeMap<String, Value>,
+    values: serde_json::Map<String, Value>,
+    schemas: BTreeMap<String, ColumnSchema>,
+}
+
+/// The parts of a column's Connect schema that decide its decoding.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct ColumnSchema {
+    /// Logical type (`io.debezium.time.Date`, `org.apache.kafka.connect.data.Decimal`, …).
+    name: Option<String>,
+    /// `parameters.scale` of a decimal, as sent.
+    scale: Option<String>,
+}
+
+/// A Connect schema as the JSON converter embeds it, read without building a JSON tree: only the
+/// field names, logical names, decimal scales and nested fields are kept.
+#[derive(Debug, Deserialize)]
+struct SchemaNode<'a> {
+    #[serde(borrow, default)]
+    field: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    parameters: Option<Parameters<'a>>,
+    #[serde(borrow, default)]
+    fields: Vec<SchemaNode<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Parameters<'a> {
+    #[serde(borrow, default)]
+    scale: Option<Cow<'a, str>>,
+}
+
+/// A record value with an embedded schema, the common case, read in one pass. Anything else (no
+/// schema, or a schema of unexpected shape) is read as a plain JSON tree instead.
+#[derive(Debug, Deserialize)]
+struct Document<'a> {
+    #[serde(borrow, default)]
+    schema: Option<SchemaNode<'a>>,
+    #[serde(default)]
+    payload: Option<Value>,
+}
+
+impl SchemaNode<'_> {
+    /// The struct field called `name` (`before`, `after`, …).
+    fn child(&self, name: &str) -> Option<&Self> {
+        self.fields
+            .iter()
+            .find(|f| f.field.as_deref() == Some(name))
+    }
+
+    /// Column schemas of a struct schema, by column name.
+    fn columns(&self) -> BTreeMap<String, ColumnSchema> {
+        self.fields
+            .iter()
+            .filter_map(|f| {
+                let column = ColumnSchema {
+                    name: f.name.as_deref().map(str::to_owned),
+                    scale: f
+                        .parameters
+                        .as_ref()
+                        .and_then(|p| p.scale.as_deref())
+                        .map(str::to_owned),
+                };
+                Some((f.field.as_deref()?.to_owned(), column))
+            })
+            .collect()
+    }
 }
 
 /// A decoded column value.
@@ -214,28 +282,48 @@ fn unwrap_schema(document: Value) -> (Value, Option<Value>) {
     }
 }
 
-/// Field schemas of a struct schema, by field name.
-fn field_schemas(struct_schema: Option<&Value>) -> BTreeMap<String, Value> {
+/// Column schemas of a struct schema given as a JSON tree, by column name; fields of unexpected
+/// shape are skipped.
+fn columns_of(struct_schema: Option<&Value>) -> BTreeMap<String, ColumnSchema> {
     struct_schema
         .and_then(|s| s.get("fields"))
         .and_then(Value::as_array)
         .map(|fields| {
             fields
                 .iter()
-                .filter_map(|f| Some((f.get("field")?.as_str()?.to_owned(), f.clone())))
+                .filter_map(|f| {
+                    let column = ColumnSchema {
+                        name: f.get("name").and_then(Value::as_str).map(str::to_owned),
+                        scale: f
+                            .get("parameters")
+                            .and_then(|p| p.get("scale"))
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                    };
+                    Some((f.get("field")?.as_str()?.to_owned(), column))
+                })
                 .collect()
         })
         .unwrap_or_default()
 }
 
-fn image(value: &Value, schema: Option<&Value>) -> Result<Option<Image>, EnvelopeError> {
+/// The struct field called `name` of a struct schema given as a JSON tree.
+fn child_of<'v>(struct_schema: Option<&'v Value>, name: &str) -> Option<&'v Value> {
+    struct_schema?
+        .get("fields")?
+        .as_array()?
+        .iter()
+        .find(|f| f.get("field").and_then(Value::as_str) == Some(name))
+}
+
+fn image(
+    value: Option<Value>,
+    schemas: BTreeMap<String, ColumnSchema>,
+) -> Result<Option<Image>, EnvelopeError> {
     match value {
-        Value::Null => Ok(None),
-        Value::Object(map) => Ok(Some(Image {
-            values: map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            schemas: field_schemas(schema),
-        })),
-        _ => Err(EnvelopeError::NotAnEnvelope(
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(values)) => Ok(Some(Image { values, schemas })),
+        Some(_) => Err(EnvelopeError::NotAnEnvelope(
             "an image that is not an object".into(),
         )),
     }
@@ -268,30 +356,50 @@ pub fn parse(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Record, Envelop
         let document: Value =
             serde_json::from_slice(key).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
         let (payload, schema) = unwrap_schema(document);
-        let key = image(&payload, schema.as_ref())?
+        let key = image(Some(payload), columns_of(schema.as_ref()))?
             .ok_or_else(|| EnvelopeError::NotAnEnvelope("null tombstone key".into()))?;
         return Ok(Record::Tombstone { key });
     };
+    // The common case in one pass; the JSON tree below also tells what is wrong with bad input.
+    if let Ok(Document {
+        schema: Some(schema),
+        payload: Some(payload),
+    }) = serde_json::from_slice::<Document<'_>>(value)
+    {
+        let columns = |image: &str| {
+            schema
+                .child(image)
+                .map(SchemaNode::columns)
+                .unwrap_or_default()
+        };
+        return change(payload, columns("before"), columns("after"));
+    }
     let document: Value =
         serde_json::from_slice(value).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
     let (payload, schema) = unwrap_schema(document);
-    let envelope = payload
-        .as_object()
-        .ok_or_else(|| EnvelopeError::NotAnEnvelope("payload is not an object".into()))?;
+    let columns = |image: &str| columns_of(child_of(schema.as_ref(), image));
+    let (before, after) = (columns("before"), columns("after"));
+    change(payload, before, after)
+}
+
+/// The change event in `payload`, its images' column schemas given.
+fn change(
+    payload: Value,
+    before_columns: BTreeMap<String, ColumnSchema>,
+    after_columns: BTreeMap<String, ColumnSchema>,
+) -> Result<Record, EnvelopeError> {
+    let Value::Object(mut envelope) = payload else {
+        return Err(EnvelopeError::NotAnEnvelope(
+            "payload is not an object".into(),
+        ));
+    };
     let op_code = envelope
         .get("op")
         .and_then(Value::as_str)
         .ok_or_else(|| EnvelopeError::NotAnEnvelope("no op".into()))?;
     let op = Op::parse(op_code)?;
-    let envelope_fields = field_schemas(schema.as_ref());
-    let before = image(
-        envelope.get("before").unwrap_or(&Value::Null),
-        envelope_fields.get("before"),
-    )?;
-    let after = image(
-        envelope.get("after").unwrap_or(&Value::Null),
-        envelope_fields.get("after"),
-    )?;
+    let before = image(envelope.remove("before"), before_columns)?;
+    let after = image(envelope.remove("after"), after_columns)?;
     let source = source(envelope.get("source").unwrap_or(&Value::Null))?;
     match op {
         Op::Create | Op::Read | Op::Update if after.is_none() => {
@@ -329,20 +437,11 @@ impl Image {
 
     /// Logical type name from the embedded schema (`io.debezium.time.Date`, …), if any.
     fn logical(&self, column: &str) -> Option<&str> {
-        self.schemas
-            .get(column)
-            .and_then(|s| s.get("name"))
-            .and_then(Value::as_str)
+        self.schemas.get(column)?.name.as_deref()
     }
 
     fn decimal_scale(&self, column: &str) -> Option<u32> {
-        self.schemas
-            .get(column)?
-            .get("parameters")?
-            .get("scale")?
-            .as_str()?
-            .parse()
-            .ok()
+        self.schemas.get(column)?.scale.as_deref()?.parse().ok()
     }
 
     /// Decodes a column as the PostgreSQL type `ty`.

@@ -192,16 +192,7 @@ impl BatchHandler for EventHandler {
         cancel: &CancellationToken,
     ) -> Result<(), Cancelled> {
         let started = std::time::Instant::now();
-        let topic = TopicLabels {
-            topic: batch
-                .first()
-                .map(|m| m.topic().to_owned())
-                .unwrap_or_default(),
-        };
-        self.metrics
-            .consumed
-            .get_or_create(&topic)
-            .inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
+        let topic = self.metrics.count_consumed(batch);
         let mut users = Vec::new();
         let mut orders = Vec::new();
         for (index, message) in batch.iter().enumerate() {

@@ -112,6 +112,21 @@ impl Metrics {
     }
 
     /// Adds a metric of one binary's own to the registry.
+    /// Counts a batch of one topic's records as consumed; returns the topic's labels.
+    pub fn count_consumed(&self, batch: &[rdkafka::message::OwnedMessage]) -> TopicLabels {
+        use rdkafka::message::Message;
+        let topic = TopicLabels {
+            topic: batch
+                .first()
+                .map(|m| m.topic().to_owned())
+                .unwrap_or_default(),
+        };
+        self.consumed
+            .get_or_create(&topic)
+            .inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
+        topic
+    }
+
     pub fn register(
         &self,
         name: &str,

@@ -4,10 +4,14 @@
 //! - On assignment, each partition's messages are split off into their own queue
 //!   (`split_partition_queue`) and a task consumes it, so partitions never wait for each other and
 //!   each keeps its order.
-//! - A task reads a batch (bounded by `max_batch`: memory stays flat, and while a batch is being
-//!   handled nothing more is fetched for that partition — backpressure), hands it to the
-//!   [`BatchHandler`], and only when the handler has made every record durable (applied, or parked in
-//!   the dead-letter topic) stores the offset after the batch. Auto-commit then commits stored offsets.
+//! - A task reads a batch (bounded by `max_batch`), hands it to the [`BatchHandler`], and only when
+//!   the handler has made every record durable (applied, or parked in the dead-letter topic) stores
+//!   the offset after the batch. Auto-commit then commits stored offsets.
+//! - Up to `pipeline` batches of a partition are handled at once (1 by default): while they are,
+//!   the next batch is read; once that many are in flight nothing more is read for the partition
+//!   (backpressure, memory stays flat). Batches complete in any order but their offsets are stored
+//!   in order: a batch's offset only once it and every earlier batch are durable. Each batch's future
+//!   is polled once when it starts, in batch order (see [`BatchHandler`]).
 //! - On revocation the tasks of the revoked partitions are told to stop after their current batch
 //!   and waited for (up to `drain_timeout`, below the session timeout); a task still busy then is
 //!   abandoned: its batch is not acknowledged and will be read again by the next owner. Stored offsets
@@ -17,9 +21,13 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesOrdered, StreamExt};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
@@ -41,6 +49,12 @@ pub trait BatchHandler: Send + Sync + 'static {
     /// Returns `Ok` only when every record of `batch` has been applied to the sink or parked in the
     /// dead-letter topic. Transient failures are retried inside; `Err` means the handler gave up
     /// because `cancel` fired, and the batch will be read again.
+    ///
+    /// With [`RuntimeOptions::pipeline`] above 1, a partition's later batches are handled while
+    /// earlier ones are still in flight. The runtime polls each returned future once right away,
+    /// before it starts the partition's next batch: what a handler does before its first `.await`
+    /// therefore happens in batch order (a handler that keeps per-key order across batches claims
+    /// its keys there).
     fn handle(
         &self,
         batch: &[OwnedMessage],
@@ -59,6 +73,10 @@ pub struct RuntimeOptions {
     pub max_batch: usize,
     /// How long a task waits for more records to fill a batch once it has one.
     pub batch_linger: Duration,
+    /// Batches of one partition handled at once. The next batch is read and started while earlier
+    /// ones are still being written; offsets are stored strictly in order, each only when its
+    /// batch and every earlier one are durable. 1 handles one batch at a time.
+    pub pipeline: usize,
     /// How long a revoked or stopping partition may take to finish its batch.
     pub drain_timeout: Duration,
     /// Stop when no record arrived for this long; `None` runs until cancelled.
@@ -72,6 +90,7 @@ impl Default for RuntimeOptions {
         Self {
             max_batch: 500,
             batch_linger: Duration::from_millis(20),
+            pipeline: 1,
             drain_timeout: Duration::from_secs(8),
             idle_timeout: None,
             lag: None,
@@ -126,6 +145,23 @@ impl Activity {
     }
 }
 
+/// A batch in flight: counted busy from its start until its future completes or is dropped.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.busy.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(activity))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 struct PartitionTask {
     cancel: CancellationToken,
     done: mpsc::Receiver<()>,
@@ -146,6 +182,8 @@ pub struct PartitionContext<H: BatchHandler> {
     options: RuntimeOptions,
     consumer: OnceLock<Weak<PartitionedConsumer<H>>>,
     tasks: Mutex<HashMap<(String, i32), PartitionTask>>,
+    /// Queues split off in `pre_rebalance`, waiting for their task in `post_rebalance`.
+    split_queues: Mutex<HashMap<(String, i32), StreamPartitionQueue<Self>>>,
     runtime: Handle,
     activity: Arc<Activity>,
 }
@@ -167,8 +205,30 @@ impl<H: BatchHandler> PartitionContext<H> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Splits off the partition's queue. Done before librdkafka assigns the partition: a queue
+    /// split after assignment may already have forwarded fetched records to the consumer's main
+    /// queue.
+    fn split(&self, consumer: &Arc<PartitionedConsumer<H>>, topic: &str, partition: i32) {
+        match consumer.split_partition_queue(topic, partition) {
+            Some(queue) => {
+                self.split_queues()
+                    .insert((topic.to_owned(), partition), queue);
+            }
+            None => tracing::error!(topic, partition, "could not split the partition queue"),
+        }
+    }
+
+    fn split_queues(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, i32), StreamPartitionQueue<Self>>> {
+        self.split_queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn start(&self, consumer: &Arc<PartitionedConsumer<H>>, topic: &str, partition: i32) {
-        let Some(queue) = consumer.split_partition_queue(topic, partition) else {
+        let split = self.split_queues().remove(&(topic.to_owned(), partition));
+        let Some(queue) = split.or_else(|| consumer.split_partition_queue(topic, partition)) else {
             tracing::error!(topic, partition, "could not split the partition queue");
             return;
         };
@@ -267,13 +327,24 @@ impl<H: BatchHandler> ConsumerContext for PartitionContext<H> {
         base: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &Rebalance<'_>,
     ) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            tracing::info!(
-                partitions = tpl.count(),
-                "partitions revoked; draining their workers"
-            );
-            self.stop(Some(tpl));
-            commit_stored(base);
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(
+                    partitions = tpl.count(),
+                    "partitions revoked; draining their workers"
+                );
+                self.stop(Some(tpl));
+                commit_stored(base);
+            }
+            Rebalance::Assign(tpl) => {
+                let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+                    return;
+                };
+                for element in tpl.elements() {
+                    self.split(&consumer, element.topic(), element.partition());
+                }
+            }
+            Rebalance::Error(_) => {}
         }
     }
 
@@ -312,6 +383,39 @@ fn commit_stored<X: ConsumerContext, C: Consumer<X>>(consumer: &C) {
     }
 }
 
+/// What a batch's future yields: the handler's verdict and the batch, for its offsets.
+pub type BatchOutcome = (Result<(), Cancelled>, Vec<OwnedMessage>);
+pub type BatchFuture = Pin<Box<dyn Future<Output = BatchOutcome> + Send>>;
+
+/// Starts handling `batch` as the runtime does: the future is polled once here, so whatever the
+/// handler does before its first `.await` happens now, before the partition's next batch starts.
+pub async fn start_batch<H: BatchHandler>(
+    handler: &Arc<H>,
+    batch: Vec<OwnedMessage>,
+    cancel: &CancellationToken,
+) -> BatchFuture {
+    start_counted(handler, batch, cancel, None).await
+}
+
+async fn start_counted<H: BatchHandler>(
+    handler: &Arc<H>,
+    batch: Vec<OwnedMessage>,
+    cancel: &CancellationToken,
+    activity: Option<&Arc<Activity>>,
+) -> BatchFuture {
+    let (handler, cancel) = (Arc::clone(handler), cancel.clone());
+    let busy = activity.map(Busy::new);
+    let mut future: BatchFuture = Box::pin(async move {
+        let result = handler.handle(&batch, &cancel).await;
+        drop(busy);
+        (result, batch)
+    });
+    match futures::poll!(future.as_mut()) {
+        Poll::Ready(outcome) => Box::pin(std::future::ready(outcome)),
+        Poll::Pending => future,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn partition_loop<H: BatchHandler>(
     queue: StreamPartitionQueue<PartitionContext<H>>,
@@ -324,65 +428,67 @@ async fn partition_loop<H: BatchHandler>(
     activity: Arc<Activity>,
     _done: DoneGuard,
 ) {
+    let depth = options.pipeline.max(1);
+    let mut in_flight: FuturesOrdered<BatchFuture> = FuturesOrdered::new();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(options.max_batch);
+    // When the batch being filled must go, full or not; set by its first record.
+    let mut linger_until = tokio::time::Instant::now();
     loop {
-        let first = tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            received = queue.recv() => received,
-        };
-        match first {
-            Ok(message) => batch.push(message.detach()),
-            Err(error) => {
-                tracing::warn!(topic, partition, error = %error, "fetch error");
-                continue;
-            }
-        }
-        let linger_until = tokio::time::Instant::now() + options.batch_linger;
-        while batch.len() < options.max_batch {
-            match tokio::time::timeout_at(linger_until, queue.recv()).await {
-                Ok(Ok(message)) => batch.push(message.detach()),
-                Ok(Err(error)) => {
-                    tracing::warn!(topic, partition, error = %error, "fetch error");
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        let Some(last_offset) = batch.last().map(Message::offset) else {
+        let room = in_flight.len() < depth && !cancel.is_cancelled();
+        let ready = room
+            && !batch.is_empty()
+            && (batch.len() >= options.max_batch || tokio::time::Instant::now() >= linger_until);
+        if ready {
+            let taken = std::mem::replace(&mut batch, Vec::with_capacity(options.max_batch));
+            in_flight.push_back(start_counted(&handler, taken, &cancel, Some(&activity)).await);
             continue;
-        };
-        activity.busy.fetch_add(1, Ordering::Relaxed);
-        let handled = handler.handle(&batch, &cancel).await;
-        activity.touch();
-        activity.busy.fetch_sub(1, Ordering::Relaxed);
-        match handled {
-            Ok(()) => {
-                if let Some(consumer) = consumer.upgrade() {
-                    if let Err(error) = consumer.store_offset(&topic, partition, last_offset) {
-                        tracing::warn!(topic, partition, offset = last_offset, error = %error, "storing offset failed");
+        }
+        tokio::select! {
+            biased;
+            // With batches in flight, their handlers see the cancel and end them (below).
+            () = cancel.cancelled(), if in_flight.is_empty() => break,
+            Some((handled, done)) = in_flight.next(), if !in_flight.is_empty() => {
+                let Some(last_offset) = done.last().map(Message::offset) else { continue };
+                match handled {
+                    Ok(()) => {
+                        if let Some(consumer) = consumer.upgrade() {
+                            if let Err(error) = consumer.store_offset(&topic, partition, last_offset) {
+                                tracing::warn!(topic, partition, offset = last_offset, error = %error, "storing offset failed");
+                            }
+                        }
+                        tracing::debug!(
+                            topic,
+                            partition,
+                            records = done.len(),
+                            offset = last_offset,
+                            "batch durable"
+                        );
+                    }
+                    Err(Cancelled) => {
+                        tracing::info!(
+                            topic,
+                            partition,
+                            records = done.len(),
+                            later_batches = in_flight.len(),
+                            "batch abandoned on cancel; it and any later batch will be read again"
+                        );
+                        break;
                     }
                 }
-                tracing::debug!(
-                    topic,
-                    partition,
-                    records = batch.len(),
-                    offset = last_offset,
-                    "batch durable"
-                );
             }
-            Err(Cancelled) => {
-                tracing::info!(
-                    topic,
-                    partition,
-                    records = batch.len(),
-                    "batch abandoned on cancel; it will be read again"
-                );
-                break;
-            }
+            () = tokio::time::sleep_until(linger_until), if room && !batch.is_empty() => {}
+            received = queue.recv(), if room && batch.len() < options.max_batch => match received {
+                Ok(message) => {
+                    if batch.is_empty() {
+                        linger_until = tokio::time::Instant::now() + options.batch_linger;
+                    }
+                    batch.push(message.detach());
+                }
+                Err(error) => tracing::warn!(topic, partition, error = %error, "fetch error"),
+            },
         }
-        batch.clear();
     }
+    // Batches still in flight are dropped here, unacknowledged.
 }
 
 /// Consumes `topics` with one task per assigned partition until `shutdown` fires or, with an idle
@@ -418,6 +524,7 @@ pub async fn run<H: BatchHandler>(
         options,
         consumer: OnceLock::new(),
         tasks: Mutex::new(HashMap::new()),
+        split_queues: Mutex::new(HashMap::new()),
         runtime: Handle::current(),
         activity: Arc::clone(&activity),
     };

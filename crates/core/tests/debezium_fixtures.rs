@@ -259,6 +259,41 @@ fn the_same_records_without_embedded_schemas_decode_the_same() {
     }
 }
 
+#[test]
+fn a_schema_of_unexpected_shape_is_read_as_a_json_tree_with_the_same_result() {
+    // Envelopes with a well-formed embedded schema are read in one typed pass; any other shape
+    // goes through a plain JSON tree. A stray entry in the schema's field list forces the second
+    // path: every captured record must decode identically both ways.
+    let mut checked = 0;
+    for name in [
+        "orders_c.json",
+        "orders_u.json",
+        "orders_r.json",
+        "orders_u_softdelete.json",
+        "users_c.json",
+        "users_u.json",
+        "users_d.json",
+        "users_r.json",
+        "users_u_softdelete.json",
+        "orders_t.json",
+        "users_t.json",
+    ] {
+        let (key, value) = record_bytes(&document(name));
+        let value = value.unwrap_or_else(|| panic!("{name}: no value"));
+        let mut odd: Value = serde_json::from_slice(&value).unwrap_or_default();
+        let Some(fields) = odd["schema"]["fields"].as_array_mut() else {
+            panic!("{name}: no embedded schema");
+        };
+        fields.push(Value::from(0));
+        let odd = serde_json::to_vec(&odd).unwrap_or_default();
+        let typed = parse(key.as_deref(), Some(&value));
+        assert!(typed.is_ok(), "{name}: {typed:?}");
+        assert_eq!(typed, parse(key.as_deref(), Some(&odd)), "{name}");
+        checked += 1;
+    }
+    assert_eq!(checked, 11);
+}
+
 fn uuid(text: &str) -> Uuid {
     Uuid::parse_str(text).unwrap_or_else(|e| panic!("{text}: {e}"))
 }
