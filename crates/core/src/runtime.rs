@@ -4,7 +4,8 @@
 //! - On assignment, each partition's messages are split off into their own queue
 //!   (`split_partition_queue`) and a task consumes it, so partitions never wait for each other and
 //!   each keeps its order.
-//! - A task reads a batch (bounded by `max_batch`), hands it to the [`BatchHandler`], and only when
+//! - A task reads a batch (bounded by `max_batch`: every record already fetched, then whatever
+//!   arrives within `batch_linger`), hands it to the [`BatchHandler`], and only when
 //!   the handler has made every record durable (applied, or parked in the dead-letter topic) stores
 //!   the offset after the batch. Auto-commit then commits stored offsets.
 //! - Up to `pipeline` batches of a partition are handled at once (1 by default): while they are,
@@ -28,6 +29,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
@@ -71,7 +73,8 @@ pub struct Cancelled;
 pub struct RuntimeOptions {
     /// Most records handed to the handler at once.
     pub max_batch: usize,
-    /// How long a task waits for more records to fill a batch once it has one.
+    /// How long a task waits for records not yet fetched once its batch has one; records already
+    /// fetched join the batch at once (up to `max_batch`), whatever the linger.
     pub batch_linger: Duration,
     /// Batches of one partition handled at once. The next batch is read and started while earlier
     /// ones are still being written; offsets are stored strictly in order, each only when its
@@ -483,6 +486,19 @@ async fn partition_loop<H: BatchHandler>(
                         linger_until = tokio::time::Instant::now() + options.batch_linger;
                     }
                     batch.push(message.detach());
+                    // Whatever is already fetched joins the batch now: the linger only waits for
+                    // records that have not arrived, so a short (or zero) linger still makes full
+                    // batches from a backlog.
+                    while batch.len() < options.max_batch {
+                        match queue.recv().now_or_never() {
+                            Some(Ok(message)) => batch.push(message.detach()),
+                            Some(Err(error)) => {
+                                tracing::warn!(topic, partition, error = %error, "fetch error");
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
                 }
                 Err(error) => tracing::warn!(topic, partition, error = %error, "fetch error"),
             },
