@@ -34,6 +34,14 @@
 //!    `--warmup-secs` are not counted. cdcconsumer's added latency is b − a per percentile (and, as
 //!    a second view, per row). Leg a is also split by the envelope's own clocks: PostgreSQL's commit
 //!    time → the envelope's `ts_us` (Debezium made it) → arrival here.
+//!
+//!    **Baseline (c)**, in the same run: the moment the bench consumer reads a change, the bench
+//!    itself runs the change's planned writes through
+//!    [`Statements::execute`](cdc_core::cassandra::Statements::execute) (the same prepared CQL and
+//!    consistency as cdcconsumer) into a keyspace of its own, then polls that keyspace the same way.
+//!    c − a is what a bare write costs on this machine at this moment (Cassandra's own latency,
+//!    with nothing of cdcconsumer's in it: no second consumer, no batching, no retries); b − c is
+//!    what cdcconsumer adds on top of that.
 //! 3. **Peak RSS** of cdcconsumer (VmHWM from `/proc`, sampled like the other benchmarks) in the
 //!    latency run, and in the write-rate runs.
 //!
@@ -128,6 +136,9 @@ pub struct CdcArgs {
     /// cdcconsumer's `--pipeline` (batches of a partition in flight at once).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     pub pipeline: u16,
+    /// cdcconsumer's `--batch-linger-ms`.
+    #[arg(long, default_value_t = 0)]
+    pub batch_linger_ms: u64,
     /// cdcconsumer's `--idle-timeout-secs` in the write-rate runs (not part of the time).
     #[arg(long, default_value_t = 2)]
     pub idle_timeout_secs: u64,
@@ -229,6 +240,8 @@ impl Launcher<'_> {
             .arg(self.args.max_batch.to_string())
             .arg("--pipeline")
             .arg(self.args.pipeline.to_string())
+            .arg("--batch-linger-ms")
+            .arg(self.args.batch_linger_ms.to_string())
             .arg("--idle-timeout-secs")
             .arg(idle_timeout_secs.to_string())
             .arg("--metrics-addr")
@@ -298,12 +311,14 @@ pub async fn run(ctx: &BenchContext, args: &CdcArgs, cleanup: &mut Cleanup) -> R
 
     println!();
     println!(
-        "cdcconsumer → Cassandra — {} — consistency {}, lanes {}, max batch {}, pipeline {}",
+        "cdcconsumer → Cassandra — {} — consistency {}, lanes {}, max batch {}, pipeline {}, \
+         linger {} ms",
         Utc::now().format("%Y-%m-%d %H:%M UTC"),
         args.consistency,
         args.lanes,
         args.max_batch,
-        args.pipeline
+        args.pipeline,
+        args.batch_linger_ms
     );
     if let Some(rate) = &write_rate {
         report_write_rate(args, rate);
@@ -1370,6 +1385,8 @@ struct Seen {
     ids: HashSet<Uuid>,
     kafka: HashMap<RowVersion, Instant>,
     cassandra: HashMap<RowVersion, Readable>,
+    /// The same rows written by the bench itself the moment they arrive from Kafka (the baseline).
+    bare: HashMap<RowVersion, Readable>,
     /// Leg (a) split by the envelope's own clocks, µs: source commit → Debezium's envelope time,
     /// and envelope time → arrival here.
     debezium: HashMap<RowVersion, (i64, i64)>,
@@ -1437,11 +1454,21 @@ impl Probe {
     }
 }
 
+/// Which keyspace a poller watches.
+#[derive(Debug, Clone, Copy)]
+enum Writer {
+    /// cdcconsumer's.
+    Ours,
+    /// The bench's own writes on arrival.
+    Bare,
+}
+
 /// Reads `row` every poll interval until Cassandra shows its version (or a later one).
 async fn poll_row(
     probe: Arc<Probe>,
     seen: Arc<Mutex<Seen>>,
     row: RowVersion,
+    writer: Writer,
     cancel: CancellationToken,
 ) {
     let deadline = Instant::now() + ROW_DEADLINE;
@@ -1449,14 +1476,15 @@ async fn poll_row(
     loop {
         match probe.version(row.0, row.1).await {
             Ok(Some(version)) if version >= row.2 => {
-                let at = Instant::now();
-                lock(&seen).cassandra.insert(
-                    row,
-                    Readable {
-                        at,
-                        at_first_poll: first,
-                    },
-                );
+                let readable = Readable {
+                    at: Instant::now(),
+                    at_first_poll: first,
+                };
+                let mut seen = lock(&seen);
+                match writer {
+                    Writer::Ours => seen.cassandra.insert(row, readable),
+                    Writer::Bare => seen.bare.insert(row, readable),
+                };
                 return;
             }
             Ok(_) => {}
@@ -1471,6 +1499,37 @@ async fn poll_row(
             () = cancel.cancelled() => return,
         }
     }
+}
+
+/// The baseline: the bench's own session and statements (the same prepared CQL and consistency as
+/// cdcconsumer's) on a keyspace of its own, and a poller on it.
+#[derive(Debug)]
+struct Bare {
+    session: Session,
+    statements: Statements,
+    probe: Arc<Probe>,
+}
+
+/// Runs a change's writes at once (as cdcconsumer runs one change's writes), then polls for the
+/// row like cdcconsumer's poller does; a refused write leaves the row missing.
+async fn bare_row(
+    bare: Arc<Bare>,
+    seen: Arc<Mutex<Seen>>,
+    row: RowVersion,
+    plan: cdc::Plan,
+    cancel: CancellationToken,
+) {
+    let written = futures::future::join_all(
+        plan.writes
+            .iter()
+            .map(|w| bare.statements.execute(&bare.session, w, plan.lsn)),
+    )
+    .await;
+    if let Some(Err(error)) = written.into_iter().find(Result::is_err) {
+        tracing::warn!(%error, "bare write failed");
+        return;
+    }
+    poll_row(Arc::clone(&bare.probe), seen, row, Writer::Bare, cancel).await;
 }
 
 /// The version a planned change leaves its row at.
@@ -1503,6 +1562,7 @@ async fn watch_kafka(
     consumer: StreamConsumer,
     seen: Arc<Mutex<Seen>>,
     probe: Arc<Probe>,
+    bare: Arc<Bare>,
     cancel: CancellationToken,
 ) -> Result<()> {
     loop {
@@ -1540,10 +1600,18 @@ async fn watch_kafka(
                     .debezium
                     .insert(row, (emitted - commit_micros, arrived_micros - emitted));
             }
+            tokio::spawn(bare_row(
+                Arc::clone(&bare),
+                Arc::clone(&seen),
+                row,
+                plan,
+                cancel.clone(),
+            ));
             tokio::spawn(poll_row(
                 Arc::clone(&probe),
                 Arc::clone(&seen),
                 row,
+                Writer::Ours,
                 cancel.clone(),
             ));
         }
@@ -1812,6 +1880,8 @@ struct Latency {
     cassandra_ms: Vec<f64>,
     /// Per row: Cassandra − Kafka, ms, sorted.
     row_added_ms: Vec<f64>,
+    /// Commit → readable in the baseline's keyspace, ms, sorted.
+    bare_ms: Vec<f64>,
     /// Median of leg a over the first and the last 5 s of the window (a backlog shows as growth).
     kafka_drift_ms: (f64, f64),
     /// Source commit → Debezium's envelope time, ms, sorted.
@@ -1821,6 +1891,7 @@ struct Latency {
     measured: usize,
     missing_kafka: usize,
     missing_cassandra: usize,
+    missing_bare: usize,
     at_first_poll: usize,
     achieved_rate: f64,
     send_late_p99_ms: f64,
@@ -1858,6 +1929,9 @@ async fn latency(
     let keyspace = unique_name("bench_cdc_latency_ks");
     cleanup.keyspaces.push(keyspace.clone());
     create_keyspace(control, &args.cassandra_nodes, &keyspace).await?;
+    let bare_keyspace = unique_name("bench_cdc_latency_bare_ks");
+    cleanup.keyspaces.push(bare_keyspace.clone());
+    create_keyspace(control, &args.cassandra_nodes, &bare_keyspace).await?;
     let pool = PgPoolOptions::new()
         .max_connections(WRITER_CONNECTIONS)
         .min_connections(WRITER_CONNECTIONS)
@@ -1890,15 +1964,19 @@ async fn latency(
 
     // The bench consumer reads from the same positions; nothing is committed.
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let probe = Arc::new(
-        Probe::connect(
-            &args.cassandra_nodes,
-            &keyspace,
-            consistency,
-            Duration::from_millis(args.poll_interval_ms),
-        )
-        .await?,
-    );
+    let poll_every = Duration::from_millis(args.poll_interval_ms);
+    let nodes = &args.cassandra_nodes;
+    let probe = Arc::new(Probe::connect(nodes, &keyspace, consistency, poll_every).await?);
+    let bare_session = cassandra::connect(nodes).await?;
+    let bare_statements = retry_schema("preparing the bare writes", || {
+        Statements::prepare(&bare_session, &bare_keyspace, consistency)
+    })
+    .await?;
+    let bare = Arc::new(Bare {
+        session: bare_session,
+        statements: bare_statements,
+        probe: Arc::new(Probe::connect(nodes, &bare_keyspace, consistency, poll_every).await?),
+    });
     let watcher_group = unique_name("bench_cdc_watch");
     cleanup.groups.push(watcher_group.clone());
     let consumer: StreamConsumer = config
@@ -1914,6 +1992,7 @@ async fn latency(
         consumer,
         Arc::clone(&seen),
         Arc::clone(&probe),
+        Arc::clone(&bare),
         cancel.clone(),
     )));
 
@@ -1937,7 +2016,8 @@ async fn latency(
     pool.close().await;
     let measured: Vec<Commit> = commits.iter().copied().filter(|c| c.measured).collect();
     // Reads during the load; the wait below polls only the stragglers.
-    let reads_during_load = probe.reads.load(Ordering::Relaxed);
+    let reads_during_load =
+        probe.reads.load(Ordering::Relaxed) + bare.probe.reads.load(Ordering::Relaxed);
 
     // Every measured change readable in Kafka and Cassandra, or the deadline.
     let deadline = Instant::now() + ROW_DEADLINE;
@@ -1946,7 +2026,7 @@ async fn latency(
             let seen = lock(&seen);
             measured
                 .iter()
-                .filter(|c| !seen.cassandra.contains_key(&c.row))
+                .filter(|c| !seen.cassandra.contains_key(&c.row) || !seen.bare.contains_key(&c.row))
                 .count()
         };
         if missing == 0 || Instant::now() >= deadline {
@@ -1985,6 +2065,7 @@ async fn latency(
     let mut kafka_ms = Vec::new();
     let mut cassandra_ms = Vec::new();
     let mut row_added_ms = Vec::new();
+    let mut bare_ms = Vec::new();
     let mut at_first_poll = 0;
     let mut capture_ms = Vec::new();
     let mut delivery_ms = Vec::new();
@@ -2004,6 +2085,9 @@ async fn latency(
         }
         if let (Some(k), Some(r)) = (kafka, cassandra) {
             row_added_ms.push(signed_ms(r.at, *k));
+        }
+        if let Some(r) = seen.bare.get(&c.row) {
+            bare_ms.push(signed_ms(r.at, c.acked));
         }
     }
     let edge = Duration::from_secs(5);
@@ -2030,6 +2114,7 @@ async fn latency(
         &mut kafka_ms,
         &mut cassandra_ms,
         &mut row_added_ms,
+        &mut bare_ms,
         &mut capture_ms,
         &mut delivery_ms,
     ] {
@@ -2057,6 +2142,8 @@ async fn latency(
         measured: measured.len(),
         missing_kafka: measured.len() - kafka_ms.len(),
         missing_cassandra: measured.len() - cassandra_ms.len(),
+        missing_bare: measured.len() - bare_ms.len(),
+        bare_ms,
         kafka_ms,
         cassandra_ms,
         row_added_ms,
@@ -2093,6 +2180,9 @@ fn report_latency(args: &CdcArgs, latency: &Latency) {
     let kafka = row(&latency.kafka_ms);
     let cassandra = row(&latency.cassandra_ms);
     let added: Vec<f64> = cassandra.iter().zip(&kafka).map(|(b, a)| b - a).collect();
+    let bare = row(&latency.bare_ms);
+    let bare_added: Vec<f64> = bare.iter().zip(&kafka).map(|(c, a)| c - a).collect();
+    let over_bare: Vec<f64> = cassandra.iter().zip(&bare).map(|(b, c)| b - c).collect();
     println!();
     println!(
         "2. end-to-end latency: {} changes/s offered to PostgreSQL (users and orders, 1:4 \
@@ -2155,6 +2245,21 @@ fn report_latency(args: &CdcArgs, latency: &Latency) {
         &row(&latency.row_added_ms),
         latency.row_added_ms.len().to_string(),
     );
+    line(
+        "(c) baseline: commit → readable, bare write on arrival",
+        &bare,
+        latency.bare_ms.len().to_string(),
+    );
+    line(
+        "added by the bare write: (c) − (a) per percentile",
+        &bare_added,
+        String::new(),
+    );
+    line(
+        "cdcconsumer over the baseline: (b) − (c) per percentile",
+        &over_bare,
+        String::new(),
+    );
     println!();
     println!(
         "   (a) median over the first 5 s of the window {:.1} ms, over the last 5 s {:.1} ms (growth \
@@ -2166,12 +2271,15 @@ fn report_latency(args: &CdcArgs, latency: &Latency) {
          ts_us, this host's clock at arrival), not from the commit's return"
     );
     println!(
-        "   added p99 {:.1} ms (target ≤ 50 ms); missing: {} in Kafka, {} in Cassandra after {} s; \
-         {} rows already readable at their first poll; poller {:.0} reads/s",
+        "   added p99 {:.1} ms (target ≤ 50 ms), {:.1} ms over the baseline; missing after {} s: \
+         {} in Kafka, {} in Cassandra, {} in the baseline; {} rows already readable at their \
+         first poll; pollers {:.0} reads/s",
         added[2],
+        over_bare[2],
+        ROW_DEADLINE.as_secs(),
         latency.missing_kafka,
         latency.missing_cassandra,
-        ROW_DEADLINE.as_secs(),
+        latency.missing_bare,
         latency.at_first_poll,
         latency.reads_per_sec
     );
