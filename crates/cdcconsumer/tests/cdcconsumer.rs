@@ -44,7 +44,9 @@ use scylla::value::CqlDecimal;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use stack_tests::{exclusive, unique_name, wait_for, workspace_binary, RestartOnDrop, Stack};
+use stack_tests::{
+    exclusive, log_tail, unique_name, wait_for, workspace_binary, RestartOnDrop, Stack,
+};
 use uuid::Uuid;
 
 const CDCCONSUMER: &str = env!("CARGO_BIN_EXE_cdcconsumer");
@@ -284,7 +286,7 @@ impl Sink {
             if started.elapsed() > deadline {
                 bail!(
                     "cdcconsumer still running after {deadline:?}; its log ends:\n{}",
-                    log_tail(&self.log)
+                    log_tail(&self.log, 30)
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -300,7 +302,7 @@ impl Sink {
         ensure!(
             status.success(),
             "cdcconsumer exited with {status}:\n{stdout}\nits log ends:\n{}",
-            log_tail(&self.log)
+            log_tail(&self.log, 30)
         );
         let summary = parse_sink_summary(&stdout);
         ensure!(
@@ -319,13 +321,6 @@ impl Drop for Sink {
             let _ = child.wait();
         }
     }
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let from = lines.len().saturating_sub(30);
-    format!("({})\n{}", path.display(), lines[from..].join("\n"))
 }
 
 /// `cdcconsumer: topic=T consumed=N applied=N dead_lettered=N` lines.

@@ -4,6 +4,7 @@
 //! going.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
-use stack_tests::{shared, unique_name, wait_for, Stack};
+use stack_tests::{log_tail, shared, unique_name, wait_for, Stack};
 use uuid::Uuid;
 
 /// Optional key or payload bytes of a raw record.
@@ -94,12 +95,8 @@ impl Run {
         Ok(stdout)
     }
 
-    fn spawn_consumer(&self, idle_secs: u64) -> Result<Child> {
-        self.consumer_command(idle_secs)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("spawning the consumer")
+    fn spawn_consumer(&self, idle_secs: u64) -> Result<Spawned> {
+        Spawned::start(self.consumer_command(idle_secs))
     }
 
     fn producer(&self) -> Result<FutureProducer> {
@@ -438,8 +435,8 @@ async fn sigkill_mid_stream_then_restart_ends_exact() -> Result<()> {
     let mut child = run.spawn_consumer(0)?;
     // Kill it once it has written part of the stream, but not all of it.
     wait_for_orders(&pool, &order_ids, 1).await?;
-    child.kill().context("SIGKILL")?;
-    child.wait()?;
+    child.child.kill().context("SIGKILL")?;
+    child.child.wait()?;
     let at_kill = count_orders(&pool, &order_ids).await?;
     eprintln!(
         "killed with {at_kill} of {} orders written",
@@ -524,13 +521,33 @@ async fn http_get(address: &str, path: &str) -> Result<(u16, String)> {
     Ok((status, body))
 }
 
-fn terminate(child: &mut Child) -> Result<()> {
-    let pid = child.id().to_string();
+/// A consumer running in the background, its log in a file.
+struct Spawned {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Spawned {
+    fn start(mut command: Command) -> Result<Self> {
+        let log =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.log", unique_name("consumer")));
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("spawning the consumer")?;
+        Ok(Self { child, log })
+    }
+}
+
+fn terminate(spawned: &mut Spawned) -> Result<()> {
+    let pid = spawned.child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status()?;
-    let status = child.wait()?;
+    let status = spawned.child.wait()?;
     ensure!(
         status.success(),
-        "consumer did not exit cleanly on SIGTERM: {status}"
+        "consumer did not exit cleanly on SIGTERM: {status}; its log {}",
+        log_tail(&spawned.log, 30)
     );
     Ok(())
 }
@@ -677,12 +694,11 @@ async fn an_order_before_its_user_converges_once_the_user_arrives() -> Result<()
         .local_addr()?
         .port();
     let address = format!("127.0.0.1:{port}");
-    let mut child = run
-        .consumer_command(0)
-        .env("METRICS_ADDR", &address)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut child = {
+        let mut command = run.consumer_command(0);
+        command.env("METRICS_ADDR", &address);
+        Spawned::start(command)?
+    };
     wait_for(
         "the health endpoint to report ready",
         Duration::from_secs(30),

@@ -30,6 +30,14 @@ pub async fn shared() -> RwLockReadGuard<'static, ()> {
     DISRUPTION.read().await
 }
 
+/// The last `lines` lines of a log file, under its path (empty if it cannot be read).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let from = all.len().saturating_sub(lines);
+    format!("({})\n{}", path.display(), all[from..].join("\n"))
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
