@@ -1,5 +1,8 @@
 -- Schema of the primary database (cdc_db). Idempotent: applied by the stack at start and by the
--- consumer before it writes, so it may run any number of times.
+-- consumer before it writes, so it may run any number of times — also while other sessions write:
+-- on a database that already has it, it takes no table lock (each change that would lock a table,
+-- an index, the replica identity, the trigger, is made only when it is missing), so a consumer
+-- starting beside a running one cannot deadlock with that one's transactions.
 --
 -- Rows are soft-deleted: `deleted_at` is set instead of removing the row, and deleting a user marks
 -- all of that user's orders deleted (trigger below). `version` is the per-entity version carried by
@@ -35,10 +38,19 @@ CREATE TABLE IF NOT EXISTS orders (
     version     BIGINT         NOT NULL CHECK (version >= 0)
 );
 
-CREATE INDEX IF NOT EXISTS orders_user_id_idx ON orders (user_id);
-
-ALTER TABLE users REPLICA IDENTITY FULL;
-ALTER TABLE orders REPLICA IDENTITY FULL;
+DO $$
+BEGIN
+    IF to_regclass('orders_user_id_idx') IS NULL THEN
+        CREATE INDEX orders_user_id_idx ON orders (user_id);
+    END IF;
+    IF (SELECT relreplident FROM pg_class WHERE oid = 'users'::regclass) <> 'f' THEN
+        ALTER TABLE users REPLICA IDENTITY FULL;
+    END IF;
+    IF (SELECT relreplident FROM pg_class WHERE oid = 'orders'::regclass) <> 'f' THEN
+        ALTER TABLE orders REPLICA IDENTITY FULL;
+    END IF;
+END
+$$;
 
 -- A user's soft delete marks their live orders deleted at the same instant. The consumer applies
 -- the same rule to an order that arrives after its user was deleted (see crates/core/src/pg.rs), so
@@ -55,9 +67,17 @@ BEGIN
 END
 $$;
 
-DROP TRIGGER IF EXISTS users_soft_delete_cascade ON users;
-CREATE TRIGGER users_soft_delete_cascade
-    AFTER UPDATE OF deleted_at ON users
-    FOR EACH ROW
-    WHEN (OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL)
-    EXECUTE FUNCTION mark_user_orders_deleted();
+-- Created only when missing (creating a trigger locks the table); to change its definition, drop it
+-- first.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                    WHERE tgrelid = 'users'::regclass AND tgname = 'users_soft_delete_cascade') THEN
+        CREATE TRIGGER users_soft_delete_cascade
+            AFTER UPDATE OF deleted_at ON users
+            FOR EACH ROW
+            WHEN (OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL)
+            EXECUTE FUNCTION mark_user_orders_deleted();
+    END IF;
+END
+$$;

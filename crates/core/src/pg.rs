@@ -11,6 +11,9 @@
 //! not depend on which of the two arrives first.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use backon::Retryable;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
@@ -19,7 +22,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::events::{OrderEvent, UserEvent};
-use crate::retry::Classify;
+use crate::retry::{backoff, Classify};
 
 /// The schema, applied at start (idempotent).
 pub const SCHEMA: &str = include_str!("../../../postgres-schema.sql");
@@ -67,14 +70,26 @@ fn is_transient_sqlx(error: &sqlx::Error) -> bool {
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, SinkError> {
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(std::time::Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
         .connect(url)
         .await?;
     apply_schema(&pool).await?;
     Ok(pool)
 }
 
+/// Applies [`SCHEMA`], retrying transient failures (a lost connection, a deadlock with a first-time
+/// creation) for up to 30 s.
 pub async fn apply_schema(pool: &PgPool) -> Result<(), SinkError> {
+    (|| apply_schema_once(pool))
+        .retry(backoff(Duration::from_secs(30)))
+        .when(SinkError::is_transient)
+        .notify(|error: &SinkError, delay: Duration| {
+            tracing::warn!(error = %error, retry_in_ms = delay.as_millis(), "applying the schema failed; retrying");
+        })
+        .await
+}
+
+async fn apply_schema_once(pool: &PgPool) -> Result<(), SinkError> {
     let mut conn = pool.acquire().await?;
     // Serialise concurrent starters: CREATE … IF NOT EXISTS is not safe against itself.
     sqlx::query("SELECT pg_advisory_lock(7231001)")
