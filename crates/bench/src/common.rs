@@ -596,7 +596,7 @@ impl Cleanup {
         }
         if !self.keyspaces.is_empty() {
             let dropped = async {
-                let session = cdc_core::cassandra::connect(&self.cassandra_nodes).await?;
+                let session = cdcconsumer::cassandra::connect(&self.cassandra_nodes).await?;
                 for keyspace in &self.keyspaces {
                     drop_keyspace(&session, keyspace).await?;
                 }

@@ -1,6 +1,6 @@
 //! `bench consumer`: ingest throughput into PostgreSQL of the consumer binary against two
 //! in-process baselines reading the same topics: the plain batched UNNEST upsert loop
-//! (`cdc_core::pg::apply_users/apply_orders`, sequential, one connection) and COPY into a staging
+//! (`consumer::sink::apply_users/apply_orders`, sequential, one connection) and COPY into a staging
 //! table. Every variant starts from tables without the benchmark's rows and is timed the same
 //! way: from start until a poll of PostgreSQL sees every entity at its final version.
 
@@ -51,7 +51,7 @@ pub struct ConsumerArgs {
 enum Variant {
     /// The consumer binary.
     Ours,
-    /// `cdc_core::pg` upserts in a sequential loop, batch size.
+    /// `consumer::sink` upserts in a sequential loop, batch size.
     Unnest(usize),
     /// COPY into a staging table, then INSERT … SELECT, batch size.
     Copy(usize),
@@ -255,7 +255,7 @@ pub async fn run(ctx: &BenchContext, args: &ConsumerArgs, cleanup: &mut Cleanup)
         .extend(specs.iter().map(|spec| spec.name.clone()));
     create_topics(&ctx.brokers, &specs).await?;
 
-    let producer_config = cdc_core::producer::client_config(ctx.kafka.client_config());
+    let producer_config = producer::send::client_config(ctx.kafka.client_config());
     let records = workload.records;
     let (u, o) = (users_topic.clone(), orders_topic.clone());
     let timeout = args.workload.run_timeout();
@@ -274,7 +274,7 @@ pub async fn run(ctx: &BenchContext, args: &ConsumerArgs, cleanup: &mut Cleanup)
         .connect(&ctx.database_url)
         .await
         .context("connecting to PostgreSQL")?;
-    cdc_core::pg::apply_schema(&pool).await?;
+    consumer::sink::apply_schema(&pool).await?;
 
     let setup = Setup {
         kafka: ctx.kafka.clone(),
@@ -477,7 +477,7 @@ impl Writer {
         let started = Instant::now();
         match self {
             Self::Unnest(pool) => {
-                cdc_core::pg::apply_users(pool, events).await?;
+                consumer::sink::apply_users(pool, events).await?;
             }
             Self::Copy(sink) => {
                 sink.apply_users(events).await?;
@@ -491,7 +491,7 @@ impl Writer {
         let started = Instant::now();
         match self {
             Self::Unnest(pool) => {
-                let applied = cdc_core::pg::apply_orders(pool, events).await?;
+                let applied = consumer::sink::apply_orders(pool, events).await?;
                 ensure!(
                     applied.missing_parent.is_empty(),
                     "{} orders arrived before their user",

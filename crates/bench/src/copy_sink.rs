@@ -1,4 +1,4 @@
-//! The "COPY into a staging table" alternative to `cdc_core::pg`'s UNNEST upserts: same
+//! The "COPY into a staging table" alternative to `consumer::sink`'s UNNEST upserts: same
 //! semantics (highest version per entity within a batch, version guard, orders wait for their
 //! user, a deleted user's deletion carried onto its orders, one transaction per batch), but the
 //! rows travel as CSV through `COPY … FROM STDIN` into a temporary table private to the connection, and one
@@ -32,7 +32,7 @@ const COPY_ORDERS: &str = "COPY bench_stage_orders \
     (id, user_id, product, quantity, amount, status, order_date, created_at, updated_at, \
      deleted_at, version) FROM STDIN (FORMAT csv)";
 
-/// Same statement as `cdc_core::pg::apply_users`, reading the staging table instead of UNNEST.
+/// Same statement as `consumer::sink::apply_users`, reading the staging table instead of UNNEST.
 const UPSERT_USERS: &str = "\
 INSERT INTO users AS u (id, name, email, created_at, updated_at, deleted_at, version)
 SELECT id, name, email, created_at, updated_at, deleted_at, version FROM bench_stage_users
@@ -42,7 +42,7 @@ ON CONFLICT (id) DO UPDATE SET
     version = EXCLUDED.version
 WHERE u.version < EXCLUDED.version";
 
-/// Same statement as `cdc_core::pg`'s order upsert, reading the staging table instead of UNNEST.
+/// Same statement as `consumer::sink`'s order upsert, reading the staging table instead of UNNEST.
 const UPSERT_ORDERS: &str = "\
 INSERT INTO orders AS o (id, user_id, product, quantity, amount, status, order_date,
                          created_at, updated_at, deleted_at, version)
@@ -88,7 +88,7 @@ impl CopySink {
 
     /// Applies user events in one transaction; returns how many rows changed.
     pub async fn apply_users(&mut self, events: &[UserEvent]) -> Result<u64> {
-        let latest = cdc_core::pg::latest_by(events, |e| e.user.id, |e| e.version);
+        let latest = consumer::sink::latest_by(events, |e| e.user.id, |e| e.version);
         if latest.is_empty() {
             return Ok(0);
         }
@@ -130,7 +130,7 @@ impl CopySink {
     /// Applies order events in one transaction. A plain loop has no retries: an order whose user
     /// is not there is an error (the benchmark applies all users before any order).
     pub async fn apply_orders(&mut self, events: &[OrderEvent]) -> Result<u64> {
-        let latest = cdc_core::pg::latest_by(events, |e| e.order.id, |e| e.version);
+        let latest = consumer::sink::latest_by(events, |e| e.order.id, |e| e.version);
         if latest.is_empty() {
             return Ok(0);
         }

@@ -29,7 +29,7 @@
 //! - **plain UNNEST upsert loop**: one in-process task, a `StreamConsumer` assigned to every
 //!   partition (no group, nothing committed), records decoded with
 //!   [`events::decode`](cdc_core::events::decode) and written in batches of 500 (and 5000) by
-//!   [`pg::apply_users`](cdc_core::pg::apply_users) / [`pg::apply_orders`](cdc_core::pg::apply_orders)
+//!   [`pg::apply_users`](consumer::sink::apply_users) / [`pg::apply_orders`](consumer::sink::apply_orders)
 //!   over one connection: the users topic first, then the orders topic; no per-partition workers,
 //!   no dead-letter topic, no retries. The ratios are against this loop at batch 500.
 //! - **COPY staging loop**: the same loop, but each batch goes through `COPY … FROM STDIN (FORMAT
@@ -51,13 +51,13 @@
 //!   the figure is `sent / elapsed` from its summary line; its wall time from spawn to exit and its
 //!   peak RSS are reported too.
 //! - **bare send loop**: a `ThreadedProducer` with the same client settings
-//!   ([`producer::client_config`](cdc_core::producer::client_config): idempotence, acks=all,
+//!   ([`producer::client_config`](producer::send::client_config): idempotence, acks=all,
 //!   linger.ms=5, lz4), the same keys and byte-identical payloads generated before the clock starts,
 //!   timed from the first send until every delivery report is in.
 //!
 //! `--breakdown` adds in-process variants that split the gap between the two: the bare loop
 //! generating and encoding each event just before sending it,
-//! [`producer::run`](cdc_core::producer::run) (what the binary calls), and both loops with
+//! [`producer::run`](producer::send::run) (what the binary calls), and both loops with
 //! librdkafka's default queue limits instead of the producer's byte bound.
 //!
 //! Afterwards every variant's topics must hold every event exactly once, spread identically over
@@ -71,7 +71,7 @@
 //! method. Everything it creates (topics, consumer groups, keyspaces) is removed at the end; the
 //! rows the latency test commits to PostgreSQL stay, as ordinary data the pipeline mirrors.
 
-mod cdc_bench;
+mod cdc;
 mod common;
 mod consumer_bench;
 mod copy_sink;
@@ -109,7 +109,7 @@ enum Command {
     /// Producer throughput at acks=all vs a bare rdkafka send loop.
     Producer(producer_bench::ProducerArgs),
     /// cdcconsumer: write rate vs a bare scylla loop, end-to-end latency, peak RSS.
-    Cdc(cdc_bench::CdcArgs),
+    Cdc(cdc::CdcArgs),
 }
 
 /// Connection settings the benchmarks share.
@@ -151,6 +151,6 @@ async fn run(ctx: &Context, command: &Command, cleanup: &mut Cleanup) -> Result<
     match command {
         Command::Consumer(args) => consumer_bench::run(ctx, args, cleanup).await,
         Command::Producer(args) => producer_bench::run(ctx, args, cleanup).await,
-        Command::Cdc(args) => cdc_bench::run(ctx, args, cleanup).await,
+        Command::Cdc(args) => cdc::run(ctx, args, cleanup).await,
     }
 }

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use cdc_core::generator::Generator;
-use cdc_core::producer::ProducerSettings;
 use cdc_core::topics::TopicSpec;
 use chrono::Utc;
+use producer::send::ProducerSettings;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{
@@ -26,7 +26,7 @@ pub struct ProducerArgs {
     #[command(flatten)]
     pub workload: WorkloadArgs,
     /// Also run, in-process: the bare loop generating and encoding while it sends,
-    /// `cdc_core::producer::run`, and both loops with librdkafka's default queue bounds instead of
+    /// `producer::send::run`, and both loops with librdkafka's default queue bounds instead of
     /// the producer's. Together they show where the binary's time goes.
     #[arg(long)]
     pub breakdown: bool,
@@ -40,12 +40,12 @@ enum Variant {
     Bare,
     /// The bare loop, generating and encoding each event just before sending it.
     BareInline,
-    /// `cdc_core::producer::run` in this process, default settings.
+    /// `producer::send::run` in this process, default settings.
     Library,
     /// The bare loop with librdkafka's default queue bounds (100,000 records, 1 GiB): the whole
     /// workload fits, so nothing ever waits for room.
     BareUnbounded,
-    /// `cdc_core::producer::run` in this process with librdkafka's default queue bounds.
+    /// `producer::send::run` in this process with librdkafka's default queue bounds.
     LibraryUnbounded,
 }
 
@@ -67,7 +67,7 @@ impl Variant {
     }
 }
 
-/// librdkafka's own defaults for the producer queue, which [`cdc_core::producer::client_config`]
+/// librdkafka's own defaults for the producer queue, which [`producer::send::client_config`]
 /// lowers.
 const LIBRDKAFKA_QUEUE_DEFAULTS: &[(&str, &str)] = &[
     ("queue.buffering.max.messages", "100000"),
@@ -190,7 +190,7 @@ async fn measure(
 ) -> Result<Sample> {
     let events = records.len();
     let timeout = args.workload.run_timeout();
-    let mut config = cdc_core::producer::client_config(ctx.kafka.client_config());
+    let mut config = producer::send::client_config(ctx.kafka.client_config());
     if variant.unbounded() {
         for (key, value) in LIBRDKAFKA_QUEUE_DEFAULTS {
             config.set(*key, *value);
@@ -237,9 +237,9 @@ async fn measure(
                 &topics.orders,
             );
             settings.progress = false;
-            let summary = cdc_core::producer::run(config, settings, CancellationToken::new())
+            let summary = producer::send::run(config, settings, CancellationToken::new())
                 .await
-                .context("cdc_core::producer::run")?;
+                .context("producer::send::run")?;
             ensure!(
                 summary.is_success() && summary.sent == events as u64,
                 "not every event was delivered: {summary}"
@@ -377,7 +377,7 @@ fn report(
         .position(|v| *v == Variant::Bare)
         .map_or(f64::NAN, |i| median(&rates(i)));
     println!();
-    let defaults = cdc_core::producer::client_config(rdkafka::ClientConfig::new());
+    let defaults = producer::send::client_config(rdkafka::ClientConfig::new());
     let setting = |key: &str| defaults.get(key).unwrap_or("?").to_owned();
     println!(
         "producer throughput, acks=all, enable.idempotence, linger.ms={}, {}, client queue ≤ {} \

@@ -1,26 +1,22 @@
 //! The consumer against the real Kafka and PostgreSQL: generated streams end in exactly the table
 //! contents an independent model computes from the same events — also after a replay, a SIGKILL
-//! mid-stream, hostile input, orders that overtake their users, and a second instance coming and
-//! going.
+//! mid-stream, hostile input, orders that overtake their users, a second instance coming and
+//! going, and the database refusing writes for a while. The plumbing is the shared harness in
+//! `stack-tests`; this file holds the scenarios.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use cdc_core::events::{Event, Order, OrderStatus, User};
+use cdc_core::events::Event;
 use cdc_core::generator::{Generator, GeneratorConfig};
 use cdc_core::topics::{ensure_topics, TopicSpec};
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
-use rust_decimal::Decimal;
+use chrono::{TimeZone, Utc};
 use sqlx::PgPool;
-use stack_tests::{log_tail, shared, unique_name, wait_for, Stack};
+use stack_tests::kafka::{dead_letters, end_offsets, producer, reset_to_earliest, send_raw};
+use stack_tests::model::Model;
+use stack_tests::process::{self, free_address, http_get, summary, Process, Summary};
+use stack_tests::{shared, unique_name, wait_for, Stack};
 use uuid::Uuid;
 
 /// Optional key or payload bytes of a raw record.
@@ -61,71 +57,41 @@ impl Run {
     }
 
     fn consumer_command(&self, idle_secs: u64) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_consumer"));
+        let mut command = process::command(&self.stack, env!("CARGO_BIN_EXE_consumer").as_ref());
         command
-            .env("KAFKA_BROKERS", &self.stack.brokers)
-            .env("DATABASE_URL", &self.stack.database_url)
             .env("USERS_TOPIC", &self.users_topic)
             .env("ORDERS_TOPIC", &self.orders_topic)
             .env("USERS_GROUP", &self.users_group)
             .env("ORDERS_GROUP", &self.orders_group)
-            .env("REPLICATION_FACTOR", self.stack.broker_count.to_string())
             .env("IDLE_TIMEOUT_SECS", idle_secs.to_string())
-            .env("PARENT_WAIT_SECS", "20")
-            .env("LOG_LEVEL", "info,rdkafka=warn")
-            .env("METRICS_ADDR", "")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .env("PARENT_WAIT_SECS", "20");
         command
     }
 
-    /// Runs the consumer until it goes idle; fails with its output if it exits non-zero.
-    fn consume_until_idle(&self) -> Result<String> {
-        let output = self
-            .consumer_command(6)
-            .output()
-            .context("running the consumer")?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        ensure!(
-            output.status.success(),
-            "consumer failed ({}):\n{stdout}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(stdout)
+    /// Runs the consumer until it goes idle; fails with its log if it exits non-zero.
+    async fn consume_until_idle(&self) -> Result<Summary> {
+        self.run_to_end(self.consumer_command(6)).await
     }
 
-    fn spawn_consumer(&self, idle_secs: u64) -> Result<Spawned> {
-        Spawned::start(self.consumer_command(idle_secs))
+    async fn run_to_end(&self, command: Command) -> Result<Summary> {
+        let stdout = Process::spawn("consumer", command)?
+            .run_to_end(Duration::from_secs(300))
+            .await?;
+        Ok(summary("consumer", &stdout))
     }
 
-    fn producer(&self) -> Result<FutureProducer> {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.stack.brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("message.max.bytes", "2000000")
-            .create()
-            .context("creating producer")
+    fn spawn_consumer(&self, idle_secs: u64) -> Result<Process> {
+        Process::spawn("consumer", self.consumer_command(idle_secs))
     }
 
     /// Sends raw records (key, payload) to a topic and waits for every acknowledgement.
     async fn send_raw(&self, topic: &str, records: &[RawRecord]) -> Result<()> {
-        let producer = self.producer()?;
-        let mut pending = Vec::new();
-        for (key, payload) in records {
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
-            if let Some(key) = key {
-                record = record.key(key.as_slice());
-            }
-            if let Some(payload) = payload {
-                record = record.payload(payload.as_slice());
-            }
-            pending.push(producer.send_result(record).map_err(|(error, _)| error)?);
-        }
-        for delivery in pending {
-            delivery.await?.map_err(|(error, _)| error)?;
+        let producer = producer(&self.stack)?;
+        let sends = records.iter().map(|(key, payload)| {
+            send_raw(&producer, topic, None, key.as_deref(), payload.as_deref())
+        });
+        for sent in futures::future::join_all(sends).await {
+            sent?;
         }
         Ok(())
     }
@@ -161,198 +127,6 @@ fn generated(seed: u64, users: usize, orders: usize) -> Vec<Event> {
     .collect()
 }
 
-/// The expected final tables, computed from the events alone: per entity the state with the
-/// highest version; orders of a deleted user are deleted at the user's deletion time unless they
-/// were deleted before.
-#[derive(Debug, Default, PartialEq)]
-struct Model {
-    users: BTreeMap<Uuid, (User, i64)>,
-    orders: BTreeMap<Uuid, (Order, i64)>,
-}
-
-impl Model {
-    fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
-        let mut model = Self::default();
-        for event in events {
-            match event {
-                Event::User(e) => {
-                    let entry = model
-                        .users
-                        .entry(e.user.id)
-                        .or_insert_with(|| (e.user.clone(), e.version));
-                    if e.version > entry.1 {
-                        *entry = (e.user.clone(), e.version);
-                    }
-                }
-                Event::Order(e) => {
-                    let entry = model
-                        .orders
-                        .entry(e.order.id)
-                        .or_insert_with(|| (e.order.clone(), e.version));
-                    if e.version > entry.1 {
-                        *entry = (e.order.clone(), e.version);
-                    }
-                }
-            }
-        }
-        for (order, _) in model.orders.values_mut() {
-            let user_deleted = model
-                .users
-                .get(&order.user_id)
-                .and_then(|(u, _)| u.deleted_at);
-            if let (None, Some(at)) = (order.deleted_at, user_deleted) {
-                order.deleted_at = Some(at);
-                order.updated_at = order.updated_at.max(at);
-            }
-        }
-        model
-    }
-
-    /// Reads the rows of this model's ids from PostgreSQL, in one snapshot.
-    async fn read(pool: &PgPool, user_ids: &[Uuid], order_ids: &[Uuid]) -> Result<Self> {
-        let mut tx = pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            .execute(&mut *tx)
-            .await?;
-        type UserRow = (
-            Uuid,
-            String,
-            String,
-            DateTime<Utc>,
-            DateTime<Utc>,
-            Option<DateTime<Utc>>,
-            i64,
-        );
-        let users: Vec<UserRow> = sqlx::query_as(
-            "SELECT id, name, email, created_at, updated_at, deleted_at, version FROM users WHERE id = ANY($1)",
-        )
-        .bind(user_ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        type OrderRow = (
-            Uuid,
-            Uuid,
-            String,
-            i32,
-            Decimal,
-            String,
-            NaiveDate,
-            DateTime<Utc>,
-            DateTime<Utc>,
-            Option<DateTime<Utc>>,
-            i64,
-        );
-        let orders: Vec<OrderRow> = sqlx::query_as(
-            "SELECT id, user_id, product, quantity, amount, status, order_date, created_at, updated_at, deleted_at, version \
-             FROM orders WHERE id = ANY($1)",
-        )
-        .bind(order_ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let mut model = Self::default();
-        for (id, name, email, created_at, updated_at, deleted_at, version) in users {
-            model.users.insert(
-                id,
-                (
-                    User {
-                        id,
-                        name,
-                        email,
-                        created_at,
-                        updated_at,
-                        deleted_at,
-                    },
-                    version,
-                ),
-            );
-        }
-        for (
-            id,
-            user_id,
-            product,
-            quantity,
-            amount,
-            status,
-            order_date,
-            created_at,
-            updated_at,
-            deleted_at,
-            version,
-        ) in orders
-        {
-            let status: OrderStatus = serde_json::from_value(serde_json::Value::String(status))?;
-            model.orders.insert(
-                id,
-                (
-                    Order {
-                        id,
-                        user_id,
-                        product,
-                        quantity,
-                        amount,
-                        status,
-                        order_date,
-                        created_at,
-                        updated_at,
-                        deleted_at,
-                    },
-                    version,
-                ),
-            );
-        }
-        Ok(model)
-    }
-
-    fn ids(&self) -> (Vec<Uuid>, Vec<Uuid>) {
-        (
-            self.users.keys().copied().collect(),
-            self.orders.keys().copied().collect(),
-        )
-    }
-}
-
-/// Adds a line to `problems` for every row missing, unexpected or different.
-fn diff_rows<V: PartialEq + std::fmt::Debug>(
-    entity: &str,
-    expected: &BTreeMap<Uuid, V>,
-    actual: &BTreeMap<Uuid, V>,
-    problems: &mut Vec<String>,
-) {
-    for (id, row) in expected {
-        match actual.get(id) {
-            None => problems.push(format!("{entity} {id} missing")),
-            Some(found) if found != row => {
-                problems.push(format!("{entity} {id}: expected {row:?}, found {found:?}"))
-            }
-            _ => {}
-        }
-    }
-    for id in actual.keys().filter(|id| !expected.contains_key(id)) {
-        problems.push(format!("{entity} {id} not expected"));
-    }
-}
-
-/// Compares every row and column; on a difference names the first few.
-fn assert_same(expected: &Model, actual: &Model) {
-    let mut problems = Vec::new();
-    diff_rows("user", &expected.users, &actual.users, &mut problems);
-    diff_rows("order", &expected.orders, &actual.orders, &mut problems);
-    assert!(
-        problems.is_empty(),
-        "{} differences (users {} expected, orders {} expected); first ones:\n{}",
-        problems.len(),
-        expected.users.len(),
-        expected.orders.len(),
-        problems
-            .iter()
-            .take(5)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-}
-
 async fn pool(stack: &Stack) -> Result<PgPool> {
     Ok(sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
@@ -368,6 +142,30 @@ fn seed() -> u64 {
     )
 }
 
+/// Waits until PostgreSQL holds exactly the model's rows.
+async fn wait_for_model(pool: &PgPool, expected: &Model, timeout: Duration) -> Result<()> {
+    wait_for("every row to match the model", timeout, || async move {
+        Ok(expected
+            .postgres_differences(pool)
+            .await?
+            .is_empty()
+            .then_some(()))
+    })
+    .await
+}
+
+/// Users' and orders' counts of an event stream.
+fn counts(events: &[Event]) -> (u64, u64) {
+    let users = events
+        .iter()
+        .filter(|e| matches!(e, Event::User(_)))
+        .count();
+    (
+        u64::try_from(users).unwrap_or(u64::MAX),
+        u64::try_from(events.len() - users).unwrap_or(u64::MAX),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_thousand_events_match_the_model_and_a_replay_changes_nothing() -> Result<()> {
     let _shared = shared().await;
@@ -379,46 +177,27 @@ async fn ten_thousand_events_match_the_model_and_a_replay_changes_nothing() -> R
         events.len()
     );
     run.send_events(&events).await?;
-    let summary = run.consume_until_idle()?;
-    assert!(summary.contains("dead_lettered=0"), "{summary}");
+    let summary = run.consume_until_idle().await?;
+    ensure!(
+        summary.values().all(|c| c.dead_lettered == 0),
+        "{summary:?}"
+    );
 
     let expected = Model::from_events(&events);
-    let (user_ids, order_ids) = expected.ids();
     let pool = pool(&run.stack).await?;
-    let after_first = Model::read(&pool, &user_ids, &order_ids).await?;
-    assert_same(&expected, &after_first);
+    expected.check_postgres(&pool).await?;
 
     // Replay: the same groups reset to the earliest offsets consume everything again.
-    reset_to_earliest(&run.stack, &run.users_group, &run.users_topic, 3)?;
-    reset_to_earliest(&run.stack, &run.orders_group, &run.orders_topic, 5)?;
-    let summary = run.consume_until_idle()?;
-    assert!(
-        summary.contains(&format!(
-            "consumed={}",
-            events
-                .iter()
-                .filter(|e| matches!(e, Event::User(_)))
-                .count()
-        )),
-        "{summary}"
+    reset_to_earliest(&run.stack, &run.users_group, &run.users_topic)?;
+    reset_to_earliest(&run.stack, &run.orders_group, &run.orders_topic)?;
+    let summary = run.consume_until_idle().await?;
+    let (users, orders) = counts(&events);
+    ensure!(
+        summary.get(&run.users_topic).map(|c| c.consumed) == Some(users)
+            && summary.get(&run.orders_topic).map(|c| c.consumed) == Some(orders),
+        "{summary:?}"
     );
-    let after_replay = Model::read(&pool, &user_ids, &order_ids).await?;
-    assert_same(&expected, &after_replay);
-    Ok(())
-}
-
-/// Commits offset 0 for every partition of `topic` in `group` (the group must have no members).
-fn reset_to_earliest(stack: &Stack, group: &str, topic: &str, partitions: i32) -> Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &stack.brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let mut offsets = TopicPartitionList::new();
-    for partition in 0..partitions {
-        offsets.add_partition_offset(topic, partition, Offset::Offset(0))?;
-    }
-    consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)?;
+    expected.check_postgres(&pool).await?;
     Ok(())
 }
 
@@ -429,23 +208,21 @@ async fn sigkill_mid_stream_then_restart_ends_exact() -> Result<()> {
     let events = generated(seed(), 800, 2_000);
     run.send_events(&events).await?;
     let expected = Model::from_events(&events);
-    let (user_ids, order_ids) = expected.ids();
+    let order_ids = expected.order_ids();
     let pool = pool(&run.stack).await?;
 
-    let mut child = run.spawn_consumer(0)?;
+    let child = run.spawn_consumer(0)?;
     // Kill it once it has written part of the stream, but not all of it.
     wait_for_orders(&pool, &order_ids, 1).await?;
-    child.child.kill().context("SIGKILL")?;
-    child.child.wait()?;
+    child.kill().context("SIGKILL")?;
     let at_kill = count_orders(&pool, &order_ids).await?;
     eprintln!(
         "killed with {at_kill} of {} orders written",
         order_ids.len()
     );
 
-    run.consume_until_idle()?;
-    assert_same(&expected, &Model::read(&pool, &user_ids, &order_ids).await?);
-    Ok(())
+    run.consume_until_idle().await?;
+    expected.check_postgres(&pool).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -454,13 +231,13 @@ async fn a_second_instance_joining_and_leaving_loses_nothing() -> Result<()> {
     let run = Run::new().await?;
     let events = generated(seed(), 800, 2_000);
     let expected = Model::from_events(&events);
-    let (user_ids, order_ids) = expected.ids();
+    let order_ids = expected.order_ids();
     let pool = pool(&run.stack).await?;
 
-    let mut first = run.spawn_consumer(0)?;
+    let first = run.spawn_consumer(0)?;
     let (head, tail) = events.split_at(events.len() / 2);
     run.send_events(head).await?;
-    let mut second = run.spawn_consumer(0)?;
+    let second = run.spawn_consumer(0)?;
     run.send_events(tail).await?;
     // The second instance leaves mid-stream (SIGTERM: it drains and commits).
     let head_orders: std::collections::BTreeSet<Uuid> = head
@@ -471,16 +248,11 @@ async fn a_second_instance_joining_and_leaving_loses_nothing() -> Result<()> {
         })
         .collect();
     wait_for_orders(&pool, &order_ids, head_orders.len() + 1).await?;
-    terminate(&mut second)?;
+    second.terminate().await?;
     // The first goes on alone and must finish everything.
-    wait_for("every row to match the model", Duration::from_secs(120), || {
-        let (pool, user_ids, order_ids, expected) = (&pool, &user_ids, &order_ids, &expected);
-        async move { Ok((Model::read(pool, user_ids, order_ids).await? == *expected).then_some(())) }
-    })
-    .await?;
-    terminate(&mut first)?;
-    assert_same(&expected, &Model::read(&pool, &user_ids, &order_ids).await?);
-    Ok(())
+    wait_for_model(&pool, &expected, Duration::from_secs(120)).await?;
+    first.terminate().await?;
+    expected.check_postgres(&pool).await
 }
 
 async fn count_orders(pool: &PgPool, ids: &[Uuid]) -> Result<usize> {
@@ -501,64 +273,12 @@ async fn wait_for_orders(pool: &PgPool, ids: &[Uuid], at_least: usize) -> Result
     .await
 }
 
-/// A plain HTTP/1.1 GET: (status, body).
-async fn http_get(address: &str, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .context("no status line")?
-        .parse()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-/// A consumer running in the background, its log in a file.
-struct Spawned {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Spawned {
-    fn start(mut command: Command) -> Result<Self> {
-        let log =
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.log", unique_name("consumer")));
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("spawning the consumer")?;
-        Ok(Self { child, log })
-    }
-}
-
-fn terminate(spawned: &mut Spawned) -> Result<()> {
-    let pid = spawned.child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status()?;
-    let status = spawned.child.wait()?;
-    ensure!(
-        status.success(),
-        "consumer did not exit cleanly on SIGTERM: {status}; its log {}",
-        log_tail(&spawned.log, 30)
-    );
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_records_are_dead_lettered_and_valid_ones_applied() -> Result<()> {
     let _shared = shared().await;
     let run = Run::new().await?;
     let events = generated(seed(), 50, 100);
     let expected = Model::from_events(&events);
-    let (user_ids, order_ids) = expected.ids();
     let user = events
         .iter()
         .find_map(|e| match e {
@@ -621,62 +341,26 @@ async fn hostile_records_are_dead_lettered_and_valid_ones_applied() -> Result<()
     run.send_raw(&run.users_topic, &raw).await?;
     run.send_events(rest).await?;
 
-    let summary = run.consume_until_idle()?;
-    assert!(
-        summary.contains(&format!("dead_lettered={}", hostile.len())),
-        "{summary}"
-    );
+    let summary = run.consume_until_idle().await?;
+    let parked = summary.get(&run.users_topic).map(|c| c.dead_lettered);
+    ensure!(parked == Some(u64::try_from(hostile.len())?), "{summary:?}");
     let pool = pool(&run.stack).await?;
-    assert_same(&expected, &Model::read(&pool, &user_ids, &order_ids).await?);
+    expected.check_postgres(&pool).await?;
 
     // Each hostile record is in the dead-letter topic with its reason and source position.
     let dlq = cdc_core::dlq::topic_for(&run.users_topic);
-    let reasons = read_reasons(&run.stack, &dlq, &run.users_topic)?;
+    let letters = dead_letters(&run.stack, &dlq)?;
+    ensure!(
+        letters.iter().all(|l| l.source_topic == run.users_topic),
+        "{letters:?}"
+    );
+    let mut found: Vec<String> = letters.into_iter().map(|l| l.reason).collect();
+    found.sort();
     let mut expected_reasons: Vec<String> =
         hostile.iter().map(|(_, _, r)| (*r).to_owned()).collect();
     expected_reasons.sort();
-    let mut found: Vec<String> = reasons.into_iter().collect();
-    found.sort();
     assert_eq!(found, expected_reasons);
     Ok(())
-}
-
-/// Reads a dead-letter topic: the `dlq.reason` of each record, checking its source headers.
-fn read_reasons(stack: &Stack, dlq: &str, source: &str) -> Result<Vec<String>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &stack.brokers)
-        .set("group.id", unique_name("it_dlq_reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    let (_, high) = consumer.fetch_watermarks(dlq, 0, Duration::from_secs(10))?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(dlq, 0, Offset::Beginning)?;
-    consumer.assign(&tpl)?;
-    let mut reasons = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while i64::try_from(reasons.len())? < high {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "reading {dlq} timed out"
-        );
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let message = message?;
-        let headers = message.headers().context("dead letter without headers")?;
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        };
-        assert_eq!(header("dlq.source.topic").as_deref(), Some(source));
-        assert!(header("dlq.source.partition").is_some() && header("dlq.source.offset").is_some());
-        assert!(header("dlq.error").is_some_and(|e| !e.is_empty()));
-        reasons.push(header("dlq.reason").context("no reason header")?);
-    }
-    Ok(reasons)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -685,19 +369,16 @@ async fn an_order_before_its_user_converges_once_the_user_arrives() -> Result<()
     let run = Run::new().await?;
     let events = generated(seed(), 5, 10);
     let expected = Model::from_events(&events);
-    let (user_ids, order_ids) = expected.ids();
+    let order_ids = expected.order_ids();
     let (users, orders): (Vec<Event>, Vec<Event>) = events
         .iter()
         .cloned()
         .partition(|e| matches!(e, Event::User(_)));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let address = format!("127.0.0.1:{port}");
-    let mut child = {
+    let address = free_address()?;
+    let child = {
         let mut command = run.consumer_command(0);
         command.env("METRICS_ADDR", &address);
-        Spawned::start(command)?
+        Process::spawn("consumer", command)?
     };
     wait_for(
         "the health endpoint to report ready",
@@ -705,7 +386,7 @@ async fn an_order_before_its_user_converges_once_the_user_arrives() -> Result<()
         || {
             let address = &address;
             async move {
-                Ok(http_get(address, "/health")
+                Ok(http_get(address, "/readyz")
                     .await
                     .ok()
                     .filter(|(status, _)| *status == 200))
@@ -713,17 +394,15 @@ async fn an_order_before_its_user_converges_once_the_user_arrives() -> Result<()
         },
     )
     .await?;
+    let (live, _) = http_get(&address, "/livez").await?;
+    assert_eq!(live, 200);
     run.send_events(&orders).await?;
     let pool = pool(&run.stack).await?;
     // Orders are held back (retried), not applied without their users and not dead-lettered.
     let early = count_orders(&pool, &order_ids).await?;
     assert_eq!(early, 0);
     run.send_events(&users).await?;
-    wait_for("orders to follow their users", Duration::from_secs(60), || {
-        let (pool, user_ids, order_ids, expected) = (&pool, &user_ids, &order_ids, &expected);
-        async move { Ok((Model::read(pool, user_ids, order_ids).await? == *expected).then_some(())) }
-    })
-    .await?;
+    wait_for_model(&pool, &expected, Duration::from_secs(60)).await?;
     let (status, text) = http_get(&address, "/metrics").await?;
     assert_eq!(status, 200);
     let applied = format!(
@@ -732,13 +411,14 @@ async fn an_order_before_its_user_converges_once_the_user_arrives() -> Result<()
     );
     assert!(text.contains(&applied), "{text}");
     assert!(text.contains("cdc_batch_duration_seconds_bucket"), "{text}");
-    terminate(&mut child)?;
+    assert!(text.contains("cdc_partitions_stalled 0"), "{text}");
+    child.terminate().await?;
     let dlq = cdc_core::dlq::topic_for(&run.orders_topic);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &run.stack.brokers)
-        .create()?;
-    let (_, high) = consumer.fetch_watermarks(&dlq, 0, Duration::from_secs(10))?;
-    assert_eq!(high, 0, "nothing may be dead-lettered");
+    let ends = end_offsets(&run.stack, &dlq)?;
+    assert!(
+        ends.values().all(|end| *end == 0),
+        "nothing may be dead-lettered: {ends:?}"
+    );
     Ok(())
 }
 
@@ -761,13 +441,9 @@ async fn an_order_whose_user_never_arrives_is_dead_lettered_after_the_wait() -> 
         .cloned()
         .collect();
     run.send_events(&orphan_events).await?;
-    let output = run
-        .consumer_command(4)
-        .env("PARENT_WAIT_SECS", "2")
-        .output()
-        .context("running the consumer")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    ensure!(output.status.success(), "consumer failed: {stdout}");
+    let mut command = run.consumer_command(4);
+    command.env("PARENT_WAIT_SECS", "2");
+    run.run_to_end(command).await?;
     let pool = pool(&run.stack).await?;
     assert_eq!(
         count_orders(&pool, &[orphan.order.id]).await?,
@@ -775,10 +451,159 @@ async fn an_order_whose_user_never_arrives_is_dead_lettered_after_the_wait() -> 
         "an orphan must not be written"
     );
     let dlq = cdc_core::dlq::topic_for(&run.orders_topic);
-    let reasons = read_reasons(&run.stack, &dlq, &run.orders_topic)?;
+    let reasons: Vec<String> = dead_letters(&run.stack, &dlq)?
+        .into_iter()
+        .map(|l| l.reason)
+        .collect();
     assert_eq!(
         reasons,
         vec!["missing_parent".to_owned(); orphan_events.len()]
     );
     Ok(())
+}
+
+/// `/readyz` status and body, and `cdc_partitions_stalled`, from a consumer's endpoint.
+async fn health(address: &str) -> Result<(u16, String, i64)> {
+    let (ready, body) = http_get(address, "/readyz").await?;
+    let (_, metrics) = http_get(address, "/metrics").await?;
+    let stalled = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("cdc_partitions_stalled "))
+        .and_then(|n| n.trim().parse().ok())
+        .context("no cdc_partitions_stalled in /metrics")?;
+    Ok((ready, body, stalled))
+}
+
+/// The database refuses the consumer's writes for a while (its role loses the UPDATE privilege
+/// it needs for upserts, as after an operator's mistake): no valid event is dead-lettered. With a
+/// short give-up budget the workers give up and the partitions are reported stalled — `/readyz`
+/// answers 503 naming them, `cdc_partitions_stalled` counts them, the workers restart from their
+/// stored offsets — and once the privilege is back every partition recovers by itself and
+/// PostgreSQL holds exactly the model of every event.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_refused_for_a_while_stall_visibly_then_recover_exactly() -> Result<()> {
+    let _exclusive = stack_tests::exclusive().await;
+    let run = Run::new().await?;
+    let events = generated(seed(), 200, 500);
+    let expected = Model::from_events(&events);
+    let pool = pool(&run.stack).await?;
+    let address = free_address()?;
+    let mut command = run.consumer_command(0);
+    command
+        .env("METRICS_ADDR", &address)
+        .env("GIVE_UP_AFTER", "2s");
+    let child = Process::spawn("consumer", command)?;
+    let (head, tail) = events.split_at(events.len() / 3);
+    run.send_events(head).await?;
+    wait_for_model(&pool, &Model::from_events(head), Duration::from_secs(60)).await?;
+    let (ready, _, stalled) = health(&address).await?;
+    ensure!(
+        ready == 200 && stalled == 0,
+        "before the fault: {ready}, {stalled} stalled"
+    );
+
+    let grants = Grants::revoke(&pool, &run.stack.database_url).await?;
+    run.send_events(tail).await?;
+    let seen = wait_for(
+        "partitions reported stalled",
+        Duration::from_secs(60),
+        || {
+            let address = &address;
+            async move {
+                let (ready, body, stalled) = health(address).await?;
+                Ok((ready == 503 && stalled > 0).then_some((body, stalled)))
+            }
+        },
+    )
+    .await?;
+    eprintln!("while refused: {} stalled\n{}", seen.1, seen.0);
+    ensure!(
+        seen.0.contains("permission denied"),
+        "/readyz does not say why: {}",
+        seen.0
+    );
+    grants.restore().await?;
+
+    wait_for_model(&pool, &expected, Duration::from_secs(180)).await?;
+    wait_for(
+        "every partition to be ready again",
+        Duration::from_secs(60),
+        || {
+            let address = &address;
+            async move {
+                let (ready, _, stalled) = health(address).await?;
+                Ok((ready == 200 && stalled == 0).then_some(()))
+            }
+        },
+    )
+    .await?;
+    let (_, metrics) = http_get(&address, "/metrics").await?;
+    ensure!(
+        metrics.contains("cdc_partition_worker_restarts_total{"),
+        "no worker restart counted:\n{metrics}"
+    );
+    let stdout = child.terminate().await?;
+    let summary = summary("consumer", &stdout);
+    ensure!(
+        summary.values().all(|c| c.dead_lettered == 0),
+        "{summary:?}"
+    );
+    for topic in [&run.users_topic, &run.orders_topic] {
+        let dlq = cdc_core::dlq::topic_for(topic);
+        let parked = dead_letters(&run.stack, &dlq)?;
+        ensure!(parked.is_empty(), "valid events parked: {parked:?}");
+    }
+    expected.check_postgres(&pool).await
+}
+
+/// The application role's UPDATE privilege on both tables, taken away and given back (its own
+/// tables: the owner may do both). Given back when dropped, should the test fail in between.
+struct Grants {
+    pool: PgPool,
+    url: String,
+    restored: bool,
+}
+
+const REVOKE: &str = "REVOKE UPDATE ON users, orders FROM CURRENT_USER";
+const GRANT: &str = "GRANT UPDATE ON users, orders TO CURRENT_USER";
+
+impl Grants {
+    async fn revoke(pool: &PgPool, url: &str) -> Result<Self> {
+        sqlx::query(REVOKE).execute(pool).await?;
+        Ok(Self {
+            pool: pool.clone(),
+            url: url.to_owned(),
+            restored: false,
+        })
+    }
+
+    async fn restore(mut self) -> Result<()> {
+        sqlx::query(GRANT).execute(&self.pool).await?;
+        self.restored = true;
+        Ok(())
+    }
+}
+
+impl Drop for Grants {
+    fn drop(&mut self) {
+        if self.restored {
+            return;
+        }
+        let url = self.url.clone();
+        // A connection of its own on a runtime of its own: the test's runtime may be unwinding.
+        let restore = std::thread::spawn(move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                use sqlx::Connection;
+                let mut connection = sqlx::PgConnection::connect(&url).await?;
+                sqlx::query(GRANT).execute(&mut connection).await?;
+                Ok(())
+            })
+        });
+        if !matches!(restore.join(), Ok(Ok(()))) {
+            eprintln!("could not restore the UPDATE privilege: run `{GRANT}` as cdc_user");
+        }
+    }
 }

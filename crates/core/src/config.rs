@@ -24,6 +24,8 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 
 use crate::logging::{self, LogFormat};
+use crate::retry::DEFAULT_GIVE_UP_AFTER;
+use crate::runtime::{self, RuntimeError, RuntimeOptions};
 use crate::topics::TopicSpec;
 
 /// The local stack's three brokers.
@@ -193,6 +195,78 @@ impl TopicArgs {
     }
 }
 
+/// The local stack's application database.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://cdc_user:cdc_password@127.0.0.1:5432/cdc_db";
+
+/// Where PostgreSQL is: `--database-url` / `DATABASE_URL`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PostgresArgs {
+    /// PostgreSQL connection URL (the password is never logged).
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: Secret,
+}
+
+/// How the per-partition runtime consumes: the same for the consumer and the cdcconsumer.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RuntimeArgs {
+    /// Most records handled in one batch.
+    #[arg(long, env = "MAX_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch: u32,
+
+    /// Stop after this many seconds without a record (and nothing in flight or stalled); 0 runs
+    /// until SIGINT/SIGTERM.
+    #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 10)]
+    pub idle_timeout_secs: u64,
+
+    /// How long a revoked or stopping partition may take to finish its batch before it is
+    /// abandoned (read again by the next owner). Must be below the consumer session timeout
+    /// (`session.timeout.ms`, 10 s unless set with `--kafka-option`).
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "8s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// How long a failure that is not a record's own fault (database or cluster unavailable,
+    /// permission denied, …) is retried before the partition's worker gives up: the partition is
+    /// then reported stalled and its worker restarts from the stored offset after a backoff.
+    #[arg(long, env = "GIVE_UP_AFTER", default_value = "1h", value_parser = parse_duration)]
+    pub give_up_after: Duration,
+
+    /// Exit non-zero once one partition's worker has been restarted this many times in a row
+    /// without progress (for a supervisor to restart the process); 0 restarts for ever.
+    #[arg(long, env = "MAX_WORKER_RESTARTS", default_value_t = 0)]
+    pub max_worker_restarts: u32,
+}
+
+impl Default for RuntimeArgs {
+    fn default() -> Self {
+        Self {
+            max_batch: 500,
+            idle_timeout_secs: 10,
+            drain_timeout: runtime::DEFAULT_DRAIN_TIMEOUT,
+            give_up_after: DEFAULT_GIVE_UP_AFTER,
+            max_worker_restarts: 0,
+        }
+    }
+}
+
+impl RuntimeArgs {
+    /// The runtime's options; callers set their own batching on top.
+    pub fn options(&self) -> RuntimeOptions {
+        RuntimeOptions {
+            max_batch: usize::try_from(self.max_batch).unwrap_or(usize::MAX),
+            idle_timeout: (self.idle_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.idle_timeout_secs)),
+            drain_timeout: self.drain_timeout,
+            max_worker_restarts: (self.max_worker_restarts > 0).then_some(self.max_worker_restarts),
+            ..RuntimeOptions::default()
+        }
+    }
+
+    /// Refuses a drain deadline that is not below the session timeout `kafka` will use.
+    pub fn check(&self, kafka: &ClientConfig) -> Result<(), RuntimeError> {
+        runtime::check_drain_deadline(kafka, self.drain_timeout)
+    }
+}
+
 /// A password, token or URL with credentials: `{}` and `{:?}` print `***`; only
 /// [`Secret::expose`] gives the text, so it cannot end up in a log line by accident.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -233,89 +307,6 @@ impl From<String> for Secret {
     fn from(value: String) -> Self {
         Self(value)
     }
-}
-
-/// Query parameters whose values are hidden by [`redact_url`].
-const SECRET_PARAMS: &[&str] = &["password", "passwd", "pwd", "secret", "token", "key"];
-
-/// A URL fit for logs: the password of `scheme://user:password@host/…` becomes `***`, and so do
-/// the values of query parameters with secret-looking names (`password=`, `sslkey=`, `token=`, …).
-///
-/// `postgres://cdc_user:s3cret@127.0.0.1:5432/cdc_db` → `postgres://cdc_user:***@127.0.0.1:5432/cdc_db`.
-/// When in doubt (an unencoded `/` or `@` in the password) it hides more rather than less.
-pub fn redact_url(url: &str) -> String {
-    let (scheme, rest) = match url.find("://") {
-        Some(at) => url.split_at(at + 3),
-        None => ("", url),
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let mut out = String::with_capacity(url.len());
-    out.push_str(scheme);
-    let tail = if let Some(at) = rest[..authority_end].rfind('@') {
-        // user:password@host — the standard case.
-        push_userinfo(&mut out, &rest[..at]);
-        &rest[at..]
-    } else if let Some(at) = unencoded_password_end(rest, authority_end) {
-        // user:pa/ss@host — a password with an unencoded delimiter: hide up to the last `@`.
-        push_userinfo(&mut out, &rest[..at]);
-        &rest[at..]
-    } else {
-        rest
-    };
-    push_redacted_query(&mut out, tail);
-    out
-}
-
-/// Where the password ends when `rest` looks like `user:pass…@host` but the password holds a `/`,
-/// `?` or `#` (so the authority seemed to end early): the last `@`. `host:5432/db` is left alone.
-fn unencoded_password_end(rest: &str, authority_end: usize) -> Option<usize> {
-    let colon = rest[..authority_end].find(':')?;
-    let after_colon = &rest[colon + 1..authority_end];
-    if after_colon.chars().all(|c| c.is_ascii_digit()) {
-        return None; // a port
-    }
-    rest.rfind('@').filter(|at| *at > colon)
-}
-
-fn push_userinfo(out: &mut String, userinfo: &str) {
-    match userinfo.split_once(':') {
-        Some((user, _password)) => {
-            out.push_str(user);
-            out.push_str(":***");
-        }
-        None => out.push_str(userinfo),
-    }
-}
-
-fn push_redacted_query(out: &mut String, tail: &str) {
-    let Some(query_start) = tail.find('?') else {
-        out.push_str(tail);
-        return;
-    };
-    out.push_str(&tail[..=query_start]);
-    let query = &tail[query_start + 1..];
-    let (query, fragment) = match query.find('#') {
-        Some(at) => query.split_at(at),
-        None => (query, ""),
-    };
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        match pair.split_once('=') {
-            Some((name, _)) if is_secret_param(name) => {
-                out.push_str(name);
-                out.push_str("=***");
-            }
-            _ => out.push_str(pair),
-        }
-    }
-    out.push_str(fragment);
-}
-
-fn is_secret_param(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    SECRET_PARAMS.iter().any(|word| name.contains(word))
 }
 
 /// Parses a duration such as `30s`, `500ms`, `5m`, `1h30m` or `1.5s` (units `ms`, `s`, `m`, `h`;
@@ -360,41 +351,6 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-
-    #[test]
-    fn url_passwords_are_hidden() {
-        let cases = [
-            (
-                "postgres://cdc_user:cdc_password@127.0.0.1:5432/cdc_db",
-                "postgres://cdc_user:***@127.0.0.1:5432/cdc_db",
-            ),
-            ("postgres://u:p@host", "postgres://u:***@host"),
-            (
-                "https://user:pa%40ss@host/path?x=1",
-                "https://user:***@host/path?x=1",
-            ),
-            ("redis://:only-password@host:6379", "redis://:***@host:6379"),
-            ("postgres://user@host/db", "postgres://user@host/db"),
-            ("postgres://host:5432/db", "postgres://host:5432/db"),
-            ("http://host:8080/users/@me", "http://host:8080/users/@me"),
-            ("http://user:pa/ss@host/db", "http://user:***@host/db"),
-            ("http://user:p@ss@host/db", "http://user:***@host/db"),
-            (
-                "postgres://host/db?user=a&password=hunter2&sslmode=require",
-                "postgres://host/db?user=a&password=***&sslmode=require",
-            ),
-            (
-                "postgres://u:p@host/db?sslkey=/k.pem#frag",
-                "postgres://u:***@host/db?sslkey=***#frag",
-            ),
-            ("user:secret@host:9092", "user:***@host:9092"),
-            ("127.0.0.1:9092", "127.0.0.1:9092"),
-            ("", ""),
-        ];
-        for (url, expected) in cases {
-            assert_eq!(redact_url(url), expected, "{url}");
-        }
-    }
 
     #[test]
     fn secrets_never_print() {

@@ -31,6 +31,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+pub use crate::tables::ColumnType;
+
 /// The placeholder Debezium writes for an unchanged TOASTed column.
 pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
 
@@ -176,28 +178,10 @@ impl<T> Field<T> {
     }
 }
 
-/// What the PostgreSQL column is; decides the decoding when there is no embedded schema.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColumnType {
-    Uuid,
-    Text,
-    Int,
-    Bool,
-    Date,
-    TimestampTz,
-    /// TIMESTAMP WITHOUT TIME ZONE, read as UTC.
-    Timestamp,
-    /// NUMERIC with this scale. Without an embedded schema a string value is read as `mode` says
-    /// (a schema, when present, always decides).
-    Numeric {
-        scale: u32,
-        mode: DecimalMode,
-    },
-}
-
 /// The connector's `decimal.handling.mode`, needed only for schema-less records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DecimalMode {
+    #[default]
     Precise,
     String,
     Double,
@@ -444,8 +428,21 @@ impl Image {
         self.schemas.get(column)?.scale.as_deref()?.parse().ok()
     }
 
-    /// Decodes a column as the PostgreSQL type `ty`.
+    /// Decodes a column as the PostgreSQL type `ty` (a schema-less NUMERIC string as
+    /// `decimal.handling.mode=precise` sends it; see [`Image::get_with`]).
     pub fn get(&self, column: &str, ty: ColumnType) -> Result<Field<Cell>, EnvelopeError> {
+        self.get_with(column, ty, DecimalMode::Precise)
+    }
+
+    /// Decodes a column as the PostgreSQL type `ty`; `decimals` is the connector's
+    /// `decimal.handling.mode`, which decides a NUMERIC value's encoding when the record has no
+    /// embedded schema (a schema, when present, always decides).
+    pub fn get_with(
+        &self,
+        column: &str,
+        ty: ColumnType,
+        decimals: DecimalMode,
+    ) -> Result<Field<Cell>, EnvelopeError> {
         let raw = self.raw(column)?;
         match raw {
             Value::Null => return Ok(Field::Null),
@@ -463,7 +460,7 @@ impl Image {
                     .ok_or_else(|| bad(column, "not a string"))?
                     .to_owned(),
             ),
-            ColumnType::Int => {
+            ColumnType::Int | ColumnType::BigInt => {
                 Cell::Int(raw.as_i64().ok_or_else(|| bad(column, "not an integer"))?)
             }
             ColumnType::Bool => {
@@ -473,8 +470,8 @@ impl Image {
             ColumnType::TimestampTz | ColumnType::Timestamp => {
                 Cell::Timestamp(self.timestamp(column, raw)?)
             }
-            ColumnType::Numeric { scale, mode } => {
-                Cell::Decimal(self.decimal(column, raw, scale, mode)?)
+            ColumnType::Numeric { scale } => {
+                Cell::Decimal(self.decimal(column, raw, scale, decimals)?)
             }
         };
         Ok(Field::Value(cell))
@@ -626,32 +623,21 @@ mod tests {
             after.get("ts", ColumnType::Timestamp)?.value(),
             DateTime::from_timestamp_micros(1_795_562_214_538_720).map(Cell::Timestamp)
         );
-        let string_mode = ColumnType::Numeric {
-            scale: 2,
-            mode: DecimalMode::String,
-        };
-        let precise_mode = ColumnType::Numeric {
-            scale: 2,
-            mode: DecimalMode::Precise,
-        };
-        let double_mode = ColumnType::Numeric {
-            scale: 2,
-            mode: DecimalMode::Double,
-        };
+        let amount = ColumnType::Numeric { scale: 2 };
         assert_eq!(
-            after.get("amount", string_mode)?,
+            after.get_with("amount", amount, DecimalMode::String)?,
             Field::Value(Cell::Decimal(Decimal::new(1999, 2)))
         );
         assert_eq!(
-            after.get("raw", precise_mode)?,
+            after.get_with("raw", amount, DecimalMode::Precise)?,
             Field::Value(Cell::Decimal(Decimal::new(19485, 2)))
         );
         assert_eq!(
-            after.get("f", double_mode)?,
+            after.get_with("f", amount, DecimalMode::Double)?,
             Field::Value(Cell::Decimal(Decimal::new(15, 1)))
         );
         assert!(
-            after.get("raw", string_mode).is_err(),
+            after.get_with("raw", amount, DecimalMode::String).is_err(),
             "base64 is not a decimal string"
         );
         assert_eq!(after.get("big", ColumnType::Text)?, Field::Unavailable);

@@ -1,18 +1,22 @@
 //! The dead-letter topic: records that can never be applied are parked in `<topic>.dlq` with
 //! headers that say why and where they came from, and the partition moves on.
 //!
-//! A dead-lettered record counts as handled only once the dead-letter write is acknowledged
-//! (acks=all): only then may the source offset be stored.
+//! Only a record's own defect may send it here; a failure of the infrastructure is retried by the
+//! handler instead. A dead-lettered record counts as handled only once the dead-letter write is
+//! acknowledged (acks=all): only then may the source offset be stored. The whole dead letter is
+//! bounded (key, error text and payload are cut, the cut noted in a header), so it can always be
+//! written whatever the record was.
 
 use std::time::Duration;
 
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Metrics, ReasonLabels};
-use crate::retry::{retry_until_cancelled, Classify};
-use crate::runtime::Cancelled;
+use crate::outcome::Interrupted;
+use crate::retry::{retry, Classify};
 
 /// Headers on every dead-lettered record.
 pub const HEADER_REASON: &str = "dlq.reason";
@@ -20,6 +24,9 @@ pub const HEADER_ERROR: &str = "dlq.error";
 pub const HEADER_TOPIC: &str = "dlq.source.topic";
 pub const HEADER_PARTITION: &str = "dlq.source.partition";
 pub const HEADER_OFFSET: &str = "dlq.source.offset";
+/// Present when the key, the error or the payload was cut: what was cut and its original size,
+/// e.g. `key=2097152,payload=3145728`.
+pub const HEADER_TRUNCATED: &str = "dlq.truncated";
 
 /// The dead-letter topic of a source topic.
 pub fn topic_for(source: &str) -> String {
@@ -45,19 +52,32 @@ pub struct DeadLetter<'a> {
 pub struct DlqError {
     topic: String,
     #[source]
-    source: rdkafka::error::KafkaError,
+    source: KafkaError,
 }
 
 impl Classify for DlqError {
+    /// A bounded dead letter that the broker still refuses as too large cannot be fixed by
+    /// retrying; everything else (brokers away, too few in-sync replicas) may pass.
     fn is_transient(&self) -> bool {
-        // A dead-letter write must eventually succeed; nothing else may happen to the record.
-        true
+        !matches!(
+            self.source.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                    | RDKafkaErrorCode::InvalidMessageSize
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::InvalidRecord
+            )
+        )
     }
 }
 
 /// Largest payload copied into the dead-letter topic; a bigger one is cut (the headers keep the
 /// source position, so the original can still be read from the source topic).
 pub const MAX_PARKED_BYTES: usize = 256 * 1024;
+/// Largest key copied into the dead-letter topic.
+pub const MAX_PARKED_KEY_BYTES: usize = 1024;
+/// Largest `dlq.error` text.
+pub const MAX_ERROR_BYTES: usize = 4096;
 
 /// The producer dead letters are written with: `base` (brokers and extra options) with acks=all
 /// and idempotence.
@@ -67,19 +87,66 @@ pub fn producer(mut base: rdkafka::ClientConfig) -> rdkafka::error::KafkaResult<
         .create()
 }
 
+/// `text` cut to at most `max` bytes on a character boundary.
+fn cut_text(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The parts of a dead letter as they are written: each within its bound, plus what was cut.
+struct Bounded<'a> {
+    key: Option<&'a [u8]>,
+    payload: Option<&'a [u8]>,
+    error: &'a str,
+    truncated: Option<String>,
+}
+
+fn bound<'a>(letter: &'a DeadLetter<'_>) -> Bounded<'a> {
+    let mut cut = Vec::new();
+    let key = letter.key.map(|k| {
+        if k.len() > MAX_PARKED_KEY_BYTES {
+            cut.push(format!("key={}", k.len()));
+        }
+        &k[..k.len().min(MAX_PARKED_KEY_BYTES)]
+    });
+    let error = cut_text(&letter.error, MAX_ERROR_BYTES);
+    if error.len() < letter.error.len() {
+        cut.push(format!("error={}", letter.error.len()));
+    }
+    let payload = letter.payload.map(|p| {
+        if p.len() > MAX_PARKED_BYTES {
+            cut.push(format!("payload={}", p.len()));
+        }
+        &p[..p.len().min(MAX_PARKED_BYTES)]
+    });
+    Bounded {
+        key,
+        payload,
+        error,
+        truncated: (!cut.is_empty()).then(|| cut.join(",")),
+    }
+}
+
 /// Writes one dead letter and waits for its acknowledgement.
 pub async fn park(producer: &FutureProducer, letter: &DeadLetter<'_>) -> Result<(), DlqError> {
     let topic = topic_for(letter.source_topic);
     let partition = letter.partition.to_string();
     let offset = letter.offset.to_string();
-    let headers = OwnedHeaders::new()
+    let bounded = bound(letter);
+    let mut headers = OwnedHeaders::new()
         .insert(Header {
             key: HEADER_REASON,
             value: Some(letter.reason),
         })
         .insert(Header {
             key: HEADER_ERROR,
-            value: Some(letter.error.as_str()),
+            value: Some(bounded.error),
         })
         .insert(Header {
             key: HEADER_TOPIC,
@@ -93,12 +160,17 @@ pub async fn park(producer: &FutureProducer, letter: &DeadLetter<'_>) -> Result<
             key: HEADER_OFFSET,
             value: Some(offset.as_str()),
         });
-    let payload = letter.payload.map(|p| &p[..p.len().min(MAX_PARKED_BYTES)]);
+    if let Some(truncated) = &bounded.truncated {
+        headers = headers.insert(Header {
+            key: HEADER_TRUNCATED,
+            value: Some(truncated.as_str()),
+        });
+    }
     let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(headers);
-    if let Some(key) = letter.key {
+    if let Some(key) = bounded.key {
         record = record.key(key);
     }
-    if let Some(payload) = payload {
+    if let Some(payload) = bounded.payload {
         record = record.payload(payload);
     }
     producer
@@ -109,15 +181,16 @@ pub async fn park(producer: &FutureProducer, letter: &DeadLetter<'_>) -> Result<
 }
 
 /// Parks `message` in its topic's dead-letter topic with `reason`, retrying the write until it is
-/// acknowledged (a record must end up somewhere), and counts it in `metrics`.
+/// acknowledged (a record must end up somewhere) or `budget` is spent. The caller counts it once
+/// its batch is durable (see `metrics::Tally`).
 pub async fn park_message(
     producer: &FutureProducer,
-    metrics: &Metrics,
     message: &OwnedMessage,
     reason: &str,
     error: String,
+    budget: Duration,
     cancel: &CancellationToken,
-) -> Result<(), Cancelled> {
+) -> Result<(), Interrupted> {
     tracing::warn!(
         topic = message.topic(),
         partition = message.partition(),
@@ -135,16 +208,52 @@ pub async fn park_message(
         reason,
         error,
     };
-    let parked =
-        retry_until_cancelled("dead-letter write", cancel, || park(producer, &letter)).await?;
-    if parked.is_ok() {
-        metrics
-            .dead_lettered
-            .get_or_create(&ReasonLabels {
-                topic: message.topic().to_owned(),
-                reason: reason.to_owned(),
-            })
-            .inc();
+    match retry("dead-letter write", budget, cancel, || {
+        park(producer, &letter)
+    })
+    .await?
+    {
+        Ok(()) => Ok(()),
+        Err(error) => Err(Interrupted::gave_up("dead-letter write", error)),
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_part_of_a_dead_letter_is_bounded() {
+        let key = vec![b'k'; 2 * 1024 * 1024];
+        let payload = vec![b'p'; 3 * 1024 * 1024];
+        let error = "é".repeat(5000);
+        let letter = DeadLetter {
+            source_topic: "users",
+            partition: 0,
+            offset: 1,
+            key: Some(&key),
+            payload: Some(&payload),
+            reason: "too_large",
+            error: error.clone(),
+        };
+        let bounded = bound(&letter);
+        assert_eq!(bounded.key.map(<[u8]>::len), Some(MAX_PARKED_KEY_BYTES));
+        assert_eq!(bounded.payload.map(<[u8]>::len), Some(MAX_PARKED_BYTES));
+        assert!(bounded.error.len() <= MAX_ERROR_BYTES);
+        assert!(error.starts_with(bounded.error));
+        assert_eq!(
+            bounded.truncated.as_deref(),
+            Some("key=2097152,error=10000,payload=3145728")
+        );
+
+        let small = DeadLetter {
+            key: Some(b"id"),
+            payload: Some(b"{}"),
+            error: "bad".into(),
+            ..letter
+        };
+        let bounded = bound(&small);
+        assert_eq!(bounded.truncated, None);
+        assert_eq!(bounded.key, Some(&b"id"[..]));
+    }
 }

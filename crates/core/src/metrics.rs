@@ -1,9 +1,19 @@
-//! Metrics in Prometheus text format and a health endpoint, served over HTTP:
-//! `GET /metrics` and `GET /health` (200 once the service is ready, 503 before and while stopping).
+//! Metrics in Prometheus text format and health endpoints, served over HTTP:
+//!
+//! - `GET /metrics`: every metric of the process.
+//! - `GET /livez`: 200 while the process serves requests at all.
+//! - `GET /readyz`: 200 only while the process is running its work and every partition it owns
+//!   makes progress; 503 before start, while stopping and while any partition is stalled (the body
+//!   names them). `GET /health` answers the same as `/readyz`.
+//!
+//! Dead-letter reasons are owned by the binaries: each registers its list
+//! ([`Metrics::register_reasons`]) so the counters exist from the start and the summary line can
+//! add them up; nothing here knows what the reasons are.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -19,12 +29,12 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct TopicLabels {
     pub topic: String,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct PartitionLabels {
     pub topic: String,
     pub partition: i32,
@@ -41,11 +51,30 @@ fn batch_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a handler did with one batch's records.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Records made durable in the sink (including no-op replays the sink's guard skipped).
+    pub applied: usize,
+    /// The reason of every record parked in the dead-letter topic.
+    pub parked: Vec<&'static str>,
+}
+
 /// Every metric a consumer process exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
     ready: Arc<AtomicBool>,
+    /// Partitions whose worker cannot make progress, with the last reason.
+    stalled: Arc<Mutex<BTreeMap<PartitionLabels, String>>>,
+    /// Dead-letter reasons the binary registered.
+    reasons: Arc<Mutex<BTreeSet<String>>>,
     /// Records read from Kafka.
     pub consumed: Family<TopicLabels, Counter>,
     /// Records made durable in the sink (including no-op replays the version guard skipped).
@@ -56,6 +85,10 @@ pub struct Metrics {
     pub batch_seconds: Family<TopicLabels, Histogram, fn() -> Histogram>,
     /// Records behind the partition's high watermark after the last batch.
     pub lag: Family<PartitionLabels, Gauge>,
+    /// Partitions owned by this process whose worker cannot make progress.
+    pub partitions_stalled: Gauge,
+    /// Times a partition's worker was restarted after it gave up.
+    pub worker_restarts: Family<PartitionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -75,6 +108,8 @@ impl Metrics {
                 batch_histogram,
             );
         let lag = Family::<PartitionLabels, Gauge>::default();
+        let partitions_stalled = Gauge::default();
+        let worker_restarts = Family::<PartitionLabels, Counter>::default();
         registry.register(
             "events_consumed",
             "Records read from Kafka",
@@ -100,62 +135,139 @@ impl Metrics {
             "Records behind the high watermark",
             lag.clone(),
         );
+        registry.register(
+            "partitions_stalled",
+            "Owned partitions whose worker cannot make progress",
+            partitions_stalled.clone(),
+        );
+        registry.register(
+            "partition_worker_restarts",
+            "Partition workers restarted from their stored offset after giving up",
+            worker_restarts.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             ready: Arc::new(AtomicBool::new(false)),
+            stalled: Arc::new(Mutex::new(BTreeMap::new())),
+            reasons: Arc::new(Mutex::new(BTreeSet::new())),
             consumed,
             applied,
             dead_lettered,
             batch_seconds,
             lag,
+            partitions_stalled,
+            worker_restarts,
         }
     }
 
     /// Adds a metric of one binary's own to the registry.
-    /// Counts a batch of one topic's records as consumed; returns the topic's labels.
-    pub fn count_consumed(&self, batch: &[rdkafka::message::OwnedMessage]) -> TopicLabels {
-        use rdkafka::message::Message;
-        let topic = TopicLabels {
-            topic: batch
-                .first()
-                .map(|m| m.topic().to_owned())
-                .unwrap_or_default(),
-        };
-        self.consumed
-            .get_or_create(&topic)
-            .inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
-        topic
-    }
-
     pub fn register(
         &self,
         name: &str,
         help: &str,
         metric: impl prometheus_client::registry::Metric,
     ) {
-        self.registry
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .register(name, help, metric);
+        lock(&self.registry).register(name, help, metric);
+    }
+
+    /// Declares the dead-letter reasons of this process's topics: their counters exist (at 0)
+    /// from the start, and [`Metrics::summary`] adds them up.
+    pub fn register_reasons<'a>(
+        &self,
+        topics: impl IntoIterator<Item = &'a str>,
+        reasons: &[&str],
+    ) {
+        let mut known = lock(&self.reasons);
+        for topic in topics {
+            for reason in reasons {
+                known.insert((*reason).to_owned());
+                // Created at 0, so the series exists before the first dead letter.
+                let _ = self.dead_lettered.get_or_create(&ReasonLabels {
+                    topic: topic.to_owned(),
+                    reason: (*reason).to_owned(),
+                });
+            }
+        }
+    }
+
+    /// Records a durable batch: its records as consumed, and what the handler did with them
+    /// ([`Tally`]). Only durable batches are recorded, so a batch handed over again after its
+    /// worker restarted is counted once, and `consumed = applied + dead_lettered` per topic.
+    pub fn record_batch(
+        &self,
+        batch: &[rdkafka::message::OwnedMessage],
+        tally: &Tally,
+        elapsed: std::time::Duration,
+    ) {
+        use rdkafka::message::Message;
+        let Some(topic) = batch.first().map(|m| m.topic().to_owned()) else {
+            return;
+        };
+        let labels = TopicLabels {
+            topic: topic.clone(),
+        };
+        self.consumed
+            .get_or_create(&labels)
+            .inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
+        self.applied
+            .get_or_create(&labels)
+            .inc_by(u64::try_from(tally.applied).unwrap_or(u64::MAX));
+        if !tally.parked.is_empty() {
+            let mut known = lock(&self.reasons);
+            for reason in &tally.parked {
+                known.insert((*reason).to_owned());
+                self.dead_lettered
+                    .get_or_create(&ReasonLabels {
+                        topic: topic.clone(),
+                        reason: (*reason).to_owned(),
+                    })
+                    .inc();
+            }
+        }
+        self.batch_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
+    /// Running, and no owned partition stalled.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && lock(&self.stalled).is_empty()
+    }
+
+    /// Marks a partition as unable to make progress, with why.
+    pub fn set_stalled(&self, partition: PartitionLabels, why: String) {
+        let mut stalled = lock(&self.stalled);
+        stalled.insert(partition, why);
+        self.partitions_stalled
+            .set(i64::try_from(stalled.len()).unwrap_or(i64::MAX));
+    }
+
+    /// The partition makes progress again, or is no longer owned.
+    pub fn clear_stalled(&self, partition: &PartitionLabels) {
+        let mut stalled = lock(&self.stalled);
+        if stalled.remove(partition).is_some() {
+            self.partitions_stalled
+                .set(i64::try_from(stalled.len()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The stalled partitions and why, in partition order.
+    pub fn stalled(&self) -> Vec<(PartitionLabels, String)> {
+        lock(&self.stalled)
+            .iter()
+            .map(|(p, why)| (p.clone(), why.clone()))
+            .collect()
     }
 
     /// The registry in Prometheus text format.
     pub fn render(&self) -> String {
         let mut text = String::new();
-        let registry = self
-            .registry
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
         // Writing into a String cannot fail.
-        let _ = encode(&mut text, &registry);
+        let _ = encode(&mut text, &lock(&self.registry));
         text
     }
 
@@ -164,27 +276,18 @@ impl Metrics {
         let labels = TopicLabels {
             topic: topic.to_owned(),
         };
-        let dead: u64 = {
-            // Family has no iteration API: sum the reasons we know of.
-            // Both paths share some reasons ("undecodable"): count each once.
-            let reasons: std::collections::BTreeSet<&str> = crate::events::REASONS
-                .iter()
-                .chain(["missing_parent", "rejected_by_database"].iter())
-                .chain(crate::cdc::REASONS.iter())
-                .copied()
-                .collect();
-            reasons
-                .into_iter()
-                .map(|reason| {
-                    self.dead_lettered
-                        .get_or_create(&ReasonLabels {
-                            topic: topic.to_owned(),
-                            reason: reason.to_owned(),
-                        })
-                        .get()
-                })
-                .sum()
-        };
+        let reasons: Vec<String> = lock(&self.reasons).iter().cloned().collect();
+        let dead: u64 = reasons
+            .into_iter()
+            .map(|reason| {
+                self.dead_lettered
+                    .get_or_create(&ReasonLabels {
+                        topic: topic.to_owned(),
+                        reason,
+                    })
+                    .get()
+            })
+            .sum();
         format!(
             "consumed={} applied={} dead_lettered={}",
             self.consumed.get_or_create(&labels).get(),
@@ -193,7 +296,7 @@ impl Metrics {
         )
     }
 
-    /// Serves the endpoint on `address` (`host:port`; empty: no endpoint) in the background until
+    /// Serves the endpoints on `address` (`host:port`; empty: no endpoint) in the background until
     /// `shutdown` fires.
     pub fn spawn_server(
         &self,
@@ -213,7 +316,7 @@ impl Metrics {
         Ok(())
     }
 
-    /// Serves `/metrics` and `/health` on `address` until `shutdown` fires.
+    /// Serves `/metrics`, `/livez`, `/readyz` and `/health` on `address` until `shutdown` fires.
     pub async fn serve(
         self,
         address: SocketAddr,
@@ -223,7 +326,9 @@ impl Metrics {
         tracing::info!(%address, "metrics and health endpoint listening");
         let app = Router::new()
             .route("/metrics", get(metrics_handler))
-            .route("/health", get(health_handler))
+            .route("/livez", get(|| async { "alive\n" }))
+            .route("/readyz", get(ready_handler))
+            .route("/health", get(ready_handler))
             .with_state(self);
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -241,12 +346,22 @@ async fn metrics_handler(State(metrics): State<Metrics>) -> impl IntoResponse {
     )
 }
 
-async fn health_handler(State(metrics): State<Metrics>) -> impl IntoResponse {
+async fn ready_handler(State(metrics): State<Metrics>) -> impl IntoResponse {
     if metrics.is_ready() {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        return (StatusCode::OK, "ok\n".to_owned());
     }
+    let stalled = metrics.stalled();
+    if stalled.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned());
+    }
+    let mut body = String::from("not ready: stalled partitions\n");
+    for (partition, why) in stalled {
+        body.push_str(&format!(
+            "{}/{}: {why}\n",
+            partition.topic, partition.partition
+        ));
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
 #[cfg(test)]
@@ -256,19 +371,31 @@ mod tests {
     #[test]
     fn renders_prometheus_text_with_labels() {
         let metrics = Metrics::new("cdc");
+        metrics.register_reasons(["users"], &["undecodable", "missing_key"]);
         let topic = TopicLabels {
             topic: "users".into(),
         };
-        metrics.consumed.get_or_create(&topic).inc_by(3);
-        metrics.applied.get_or_create(&topic).inc_by(2);
-        metrics
-            .dead_lettered
-            .get_or_create(&ReasonLabels {
-                topic: "users".into(),
-                reason: "undecodable".into(),
+        let batch: Vec<rdkafka::message::OwnedMessage> = (0..3)
+            .map(|offset| {
+                rdkafka::message::OwnedMessage::new(
+                    None,
+                    None,
+                    topic.topic.clone(),
+                    rdkafka::Timestamp::NotAvailable,
+                    0,
+                    offset,
+                    None,
+                )
             })
-            .inc();
-        metrics.batch_seconds.get_or_create(&topic).observe(0.004);
+            .collect();
+        metrics.record_batch(
+            &batch,
+            &Tally {
+                applied: 2,
+                parked: vec!["undecodable"],
+            },
+            std::time::Duration::from_millis(4),
+        );
         metrics
             .lag
             .get_or_create(&PartitionLabels {
@@ -277,27 +404,36 @@ mod tests {
             })
             .set(7);
         let text = metrics.render();
-        assert!(
-            text.contains("cdc_events_consumed_total{topic=\"users\"} 3"),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "cdc_events_dead_lettered_total{topic=\"users\",reason=\"undecodable\"} 1"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("cdc_consumer_lag{topic=\"users\",partition=\"2\"} 7"),
-            "{text}"
-        );
-        assert!(
-            text.contains("cdc_batch_duration_seconds_count{topic=\"users\"} 1"),
-            "{text}"
-        );
+        for expected in [
+            "cdc_events_consumed_total{topic=\"users\"} 3",
+            "cdc_events_dead_lettered_total{topic=\"users\",reason=\"undecodable\"} 1",
+            "cdc_events_dead_lettered_total{topic=\"users\",reason=\"missing_key\"} 0",
+            "cdc_consumer_lag{topic=\"users\",partition=\"2\"} 7",
+            "cdc_batch_duration_seconds_count{topic=\"users\"} 1",
+            "cdc_partitions_stalled 0",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
         assert_eq!(
             metrics.summary("users"),
             "consumed=3 applied=2 dead_lettered=1"
         );
+    }
+
+    #[test]
+    fn a_stalled_partition_makes_the_process_unready() {
+        let metrics = Metrics::new("cdc");
+        metrics.set_ready(true);
+        assert!(metrics.is_ready());
+        let partition = PartitionLabels {
+            topic: "orders".into(),
+            partition: 4,
+        };
+        metrics.set_stalled(partition.clone(), "gave up on apply orders".into());
+        assert!(!metrics.is_ready());
+        assert!(metrics.render().contains("cdc_partitions_stalled 1"));
+        metrics.clear_stalled(&partition);
+        assert!(metrics.is_ready());
+        assert!(metrics.render().contains("cdc_partitions_stalled 0"));
     }
 }

@@ -19,8 +19,18 @@
 //!   are committed before the partitions are given up, and no offset is stored for a partition after
 //!   its task stopped.
 //! - On shutdown (signal or idle timeout) the same happens for every partition, then a final commit.
+//! - **No partition stops silently.** A handler that gives up ([`Interrupted::GaveUp`]: a failure
+//!   that is not the records' fault outlasted its budget, or the handler panicked) stalls its
+//!   partition: an ERROR log, the partition counted in `cdc_partitions_stalled` and named by
+//!   `/readyz` (503). The later batches in flight are stopped, and after a backoff (1 s doubling
+//!   to `restart_backoff_max`) the worker restarts from the stored offset: the same records, in
+//!   order, are handed over again. The first durable batch clears the stall. A stalled partition
+//!   is never idle, so an idle timeout cannot end a run with records left behind; with
+//!   `max_worker_restarts` the run ends with [`RunEnd::GaveUp`] once a partition used them up,
+//!   for a supervisor to restart the process. A worker that ends on its own while its partition is
+//!   assigned ends the run with an error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,18 +49,23 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::mpsc as channel;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::PartitionLabels;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use crate::metrics::{Metrics, PartitionLabels};
+use crate::outcome::{GaveUp, Interrupted};
 
 /// Makes a batch of records from one partition durable.
 pub trait BatchHandler: Send + Sync + 'static {
     /// Returns `Ok` only when every record of `batch` has been applied to the sink or parked in the
-    /// dead-letter topic. Transient failures are retried inside; `Err` means the handler gave up
-    /// because `cancel` fired, and the batch will be read again.
+    /// dead-letter topic. Failures that may pass are retried inside.
+    ///
+    /// - `Err(Interrupted::Cancelled)`: `cancel` fired (revocation or shutdown); the batch will be
+    ///   read again by the partition's next owner. Return it only when `cancel` has fired.
+    /// - `Err(Interrupted::GaveUp(_))`: the batch cannot be made durable now (a failure that is not
+    ///   the records' fault outlasted its budget). The runtime marks the partition stalled and
+    ///   hands the same records over again after a backoff.
     ///
     /// With [`RuntimeOptions::pipeline`] above 1, a partition's later batches are handled while
     /// earlier ones are still in flight. The runtime polls each returned future once right away,
@@ -61,13 +76,8 @@ pub trait BatchHandler: Send + Sync + 'static {
         &self,
         batch: &[OwnedMessage],
         cancel: &CancellationToken,
-    ) -> impl Future<Output = Result<(), Cancelled>> + Send;
+    ) -> impl Future<Output = Result<(), Interrupted>> + Send;
 }
-
-/// The handler stopped because the partition is being revoked or the process is shutting down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("cancelled before the batch was durable")]
-pub struct Cancelled;
 
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
@@ -80,12 +90,18 @@ pub struct RuntimeOptions {
     /// ones are still being written; offsets are stored strictly in order, each only when its
     /// batch and every earlier one are durable. 1 handles one batch at a time.
     pub pipeline: usize,
-    /// How long a revoked or stopping partition may take to finish its batch.
+    /// How long a revoked or stopping partition may take to finish its batch. Must stay below the
+    /// consumer group's session timeout ([`run`] refuses to start otherwise).
     pub drain_timeout: Duration,
     /// Stop when no record arrived for this long; `None` runs until cancelled.
     pub idle_timeout: Option<Duration>,
-    /// Where to report each partition's lag after every batch.
-    pub lag: Option<Family<PartitionLabels, Gauge>>,
+    /// Longest wait before a worker that gave up is restarted (the first wait is 1 s, doubling).
+    pub restart_backoff_max: Duration,
+    /// End the run ([`RunEnd::GaveUp`]) when one partition's worker has been restarted this many
+    /// times in a row without a batch becoming durable; `None` restarts for ever.
+    pub max_worker_restarts: Option<u32>,
+    /// Where to report lag, stalled partitions and restarts.
+    pub metrics: Option<Metrics>,
 }
 
 impl Default for RuntimeOptions {
@@ -94,18 +110,36 @@ impl Default for RuntimeOptions {
             max_batch: 500,
             batch_linger: Duration::from_millis(20),
             pipeline: 1,
-            drain_timeout: Duration::from_secs(8),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             idle_timeout: None,
-            lag: None,
+            restart_backoff_max: Duration::from_secs(60),
+            max_worker_restarts: None,
+            metrics: None,
         }
     }
 }
 
+/// How long a stopping partition may take to finish its batch, unless told otherwise.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
+/// The consumer group session timeout the runtime sets unless the client options set one.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why [`run`] returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunEnd {
-    Cancelled,
+    /// The shutdown token fired. `stalled` names the partitions that could not make progress at
+    /// that moment (the records after their stored offsets were left for the next run): a run
+    /// that ends with any is not a clean one.
+    Cancelled { stalled: Vec<(String, i32)> },
+    /// No record arrived for the idle timeout, nothing was in flight and no partition was stalled.
     Idle,
+    /// A partition could not make progress through [`RuntimeOptions::max_worker_restarts`]
+    /// restarts; every worker was stopped. The process should exit non-zero.
+    GaveUp {
+        topic: String,
+        partition: i32,
+        why: GaveUp,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +155,33 @@ pub enum RuntimeError {
         partition: i32,
         offset: i64,
     },
+    #[error(
+        "the drain deadline ({drain:?}) must be below the consumer session timeout \
+         (session.timeout.ms = {session:?}): a revoked partition's worker could still be writing \
+         after the group gave its partition to another member"
+    )]
+    DrainNotBelowSession { drain: Duration, session: Duration },
+    #[error("session.timeout.ms `{0}` is not a number of milliseconds")]
+    BadSessionTimeout(String),
+    #[error("the worker of {topic}/{partition} ended on its own while the partition was assigned")]
+    WorkerEnded { topic: String, partition: i32 },
+}
+
+/// Checks that `drain` is below the session timeout `config` will use, so a revoked partition's
+/// worker always stops before the group hands the partition to another member.
+pub fn check_drain_deadline(config: &ClientConfig, drain: Duration) -> Result<(), RuntimeError> {
+    let session = match config.get("session.timeout.ms") {
+        None => DEFAULT_SESSION_TIMEOUT,
+        Some(text) => Duration::from_millis(
+            text.trim()
+                .parse()
+                .map_err(|_| RuntimeError::BadSessionTimeout(text.to_owned()))?,
+        ),
+    };
+    if drain >= session {
+        return Err(RuntimeError::DrainNotBelowSession { drain, session });
+    }
+    Ok(())
 }
 
 /// When any partition last saw a record or finished a batch, and how many batches are in flight:
@@ -148,7 +209,8 @@ impl Activity {
     }
 }
 
-/// A batch in flight: counted busy from its start until its future completes or is dropped.
+/// Work in progress: counted busy from its start until dropped (a batch in flight, or a stalled
+/// partition's wait for its restart).
 struct Busy(Arc<Activity>);
 
 impl Busy {
@@ -180,6 +242,9 @@ impl Drop for DoneGuard {
     }
 }
 
+/// A partition whose worker used up its restarts, reported to [`run`].
+type Exhausted = (String, i32, GaveUp);
+
 pub struct PartitionContext<H: BatchHandler> {
     handler: Arc<H>,
     options: RuntimeOptions,
@@ -189,7 +254,12 @@ pub struct PartitionContext<H: BatchHandler> {
     split_queues: Mutex<HashMap<(String, i32), StreamPartitionQueue<Self>>>,
     runtime: Handle,
     activity: Arc<Activity>,
+    exhausted: channel::UnboundedSender<Exhausted>,
+    stalled: Stalled,
 }
+
+/// The partitions of this member whose worker is stalled right now.
+type Stalled = Arc<Mutex<std::collections::BTreeSet<(String, i32)>>>;
 
 impl<H: BatchHandler> std::fmt::Debug for PartitionContext<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -201,11 +271,15 @@ impl<H: BatchHandler> std::fmt::Debug for PartitionContext<H> {
 
 type PartitionedConsumer<H> = StreamConsumer<PartitionContext<H>>;
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl<H: BatchHandler> PartitionContext<H> {
     fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), PartitionTask>> {
-        self.tasks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.tasks)
     }
 
     /// Splits off the partition's queue. Done before librdkafka assigns the partition: a queue
@@ -214,40 +288,34 @@ impl<H: BatchHandler> PartitionContext<H> {
     fn split(&self, consumer: &Arc<PartitionedConsumer<H>>, topic: &str, partition: i32) {
         match consumer.split_partition_queue(topic, partition) {
             Some(queue) => {
-                self.split_queues()
-                    .insert((topic.to_owned(), partition), queue);
+                lock(&self.split_queues).insert((topic.to_owned(), partition), queue);
             }
             None => tracing::error!(topic, partition, "could not split the partition queue"),
         }
     }
 
-    fn split_queues(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, i32), StreamPartitionQueue<Self>>> {
-        self.split_queues
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn start(&self, consumer: &Arc<PartitionedConsumer<H>>, topic: &str, partition: i32) {
-        let split = self.split_queues().remove(&(topic.to_owned(), partition));
+        let split = lock(&self.split_queues).remove(&(topic.to_owned(), partition));
         let Some(queue) = split.or_else(|| consumer.split_partition_queue(topic, partition)) else {
             tracing::error!(topic, partition, "could not split the partition queue");
             return;
         };
         let cancel = CancellationToken::new();
         let (done_tx, done) = mpsc::channel();
-        let join = self.runtime.spawn(partition_loop(
+        let worker = PartitionWorker {
             queue,
-            Arc::downgrade(consumer),
-            topic.to_owned(),
+            topic: topic.to_owned(),
             partition,
-            Arc::clone(&self.handler),
-            self.options.clone(),
-            cancel.clone(),
-            Arc::clone(&self.activity),
-            DoneGuard(done_tx),
-        ));
+            handler: Arc::clone(&self.handler),
+            options: self.options.clone(),
+            cancel: cancel.clone(),
+            activity: Arc::clone(&self.activity),
+            exhausted: self.exhausted.clone(),
+            stalled: Arc::clone(&self.stalled),
+        };
+        let join = self
+            .runtime
+            .spawn(worker.run(Arc::downgrade(consumer), DoneGuard(done_tx)));
         tracing::info!(topic, partition, "partition assigned; worker started");
         if let Some(old) = self.tasks().insert(
             (topic.to_owned(), partition),
@@ -294,6 +362,14 @@ impl<H: BatchHandler> PartitionContext<H> {
                         );
                     }
                 }
+                // No longer owned here: its stall, if any, is the next owner's to report.
+                lock(&self.stalled).remove(&(topic.clone(), *partition));
+                if let Some(metrics) = &self.options.metrics {
+                    metrics.clear_stalled(&PartitionLabels {
+                        topic: topic.clone(),
+                        partition: *partition,
+                    });
+                }
             }
         };
         // Called from librdkafka's rebalance callback on a runtime worker: let the other workers
@@ -304,20 +380,33 @@ impl<H: BatchHandler> PartitionContext<H> {
             wait();
         }
     }
+
+    /// A partition whose worker ended although nobody stopped it (a panic outside the handler):
+    /// the partition would stay assigned and unread.
+    fn ended_worker(&self) -> Option<(String, i32)> {
+        self.tasks()
+            .iter()
+            .find(|(_, task)| task.join.is_finished())
+            .map(|(key, _)| key.clone())
+    }
 }
 
 impl<H: BatchHandler> ClientContext for PartitionContext<H> {
     /// librdkafka's statistics carry each partition's lag behind the high watermark.
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let Some(lag) = &self.options.lag else { return };
+        let Some(metrics) = &self.options.metrics else {
+            return;
+        };
         for (topic, stats) in &statistics.topics {
             for (partition, p) in &stats.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {
-                    lag.get_or_create(&PartitionLabels {
-                        topic: topic.clone(),
-                        partition: *partition,
-                    })
-                    .set(p.consumer_lag);
+                    metrics
+                        .lag
+                        .get_or_create(&PartitionLabels {
+                            topic: topic.clone(),
+                            partition: *partition,
+                        })
+                        .set(p.consumer_lag);
                 }
             }
         }
@@ -387,11 +476,12 @@ fn commit_stored<X: ConsumerContext, C: Consumer<X>>(consumer: &C) {
 }
 
 /// What a batch's future yields: the handler's verdict and the batch, for its offsets.
-pub type BatchOutcome = (Result<(), Cancelled>, Vec<OwnedMessage>);
+pub type BatchOutcome = (Result<(), Interrupted>, Vec<OwnedMessage>);
 pub type BatchFuture = Pin<Box<dyn Future<Output = BatchOutcome> + Send>>;
 
 /// Starts handling `batch` as the runtime does: the future is polled once here, so whatever the
 /// handler does before its first `.await` happens now, before the partition's next batch starts.
+/// A handler that panics has given up.
 pub async fn start_batch<H: BatchHandler>(
     handler: &Arc<H>,
     batch: Vec<OwnedMessage>,
@@ -409,7 +499,20 @@ async fn start_counted<H: BatchHandler>(
     let (handler, cancel) = (Arc::clone(handler), cancel.clone());
     let busy = activity.map(Busy::new);
     let mut future: BatchFuture = Box::pin(async move {
-        let result = handler.handle(&batch, &cancel).await;
+        let handled = std::panic::AssertUnwindSafe(handler.handle(&batch, &cancel))
+            .catch_unwind()
+            .await;
+        let result = match handled {
+            Ok(Err(Interrupted::Cancelled)) if !cancel.is_cancelled() => Err(Interrupted::gave_up(
+                "batch",
+                "the handler reported a cancellation nobody asked for",
+            )),
+            Ok(result) => result,
+            Err(panic) => Err(Interrupted::gave_up(
+                "batch",
+                format_args!("the handler panicked: {}", panic_message(panic.as_ref())),
+            )),
+        };
         drop(busy);
         (result, batch)
     });
@@ -419,92 +522,222 @@ async fn start_counted<H: BatchHandler>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn partition_loop<H: BatchHandler>(
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// One partition's worker: reads its queue into batches, hands them to the handler, stores
+/// offsets in order, and recovers when the handler gives up.
+struct PartitionWorker<H: BatchHandler> {
     queue: StreamPartitionQueue<PartitionContext<H>>,
-    consumer: Weak<PartitionedConsumer<H>>,
     topic: String,
     partition: i32,
     handler: Arc<H>,
     options: RuntimeOptions,
     cancel: CancellationToken,
     activity: Arc<Activity>,
-    _done: DoneGuard,
-) {
-    let depth = options.pipeline.max(1);
-    let mut in_flight: FuturesOrdered<BatchFuture> = FuturesOrdered::new();
-    let mut batch: Vec<OwnedMessage> = Vec::with_capacity(options.max_batch);
-    // When the batch being filled must go, full or not; set by its first record.
-    let mut linger_until = tokio::time::Instant::now();
-    loop {
-        let room = in_flight.len() < depth && !cancel.is_cancelled();
-        let ready = room
-            && !batch.is_empty()
-            && (batch.len() >= options.max_batch || tokio::time::Instant::now() >= linger_until);
-        if ready {
-            let taken = std::mem::replace(&mut batch, Vec::with_capacity(options.max_batch));
-            in_flight.push_back(start_counted(&handler, taken, &cancel, Some(&activity)).await);
-            continue;
-        }
-        tokio::select! {
-            biased;
-            // With batches in flight, their handlers see the cancel and end them (below).
-            () = cancel.cancelled(), if in_flight.is_empty() => break,
-            Some((handled, done)) = in_flight.next(), if !in_flight.is_empty() => {
-                let Some(last_offset) = done.last().map(Message::offset) else { continue };
-                match handled {
-                    Ok(()) => {
-                        if let Some(consumer) = consumer.upgrade() {
-                            if let Err(error) = consumer.store_offset(&topic, partition, last_offset) {
-                                tracing::warn!(topic, partition, offset = last_offset, error = %error, "storing offset failed");
-                            }
-                        }
-                        tracing::debug!(
-                            topic,
-                            partition,
-                            records = done.len(),
-                            offset = last_offset,
-                            "batch durable"
-                        );
-                    }
-                    Err(Cancelled) => {
-                        tracing::info!(
-                            topic,
-                            partition,
-                            records = done.len(),
-                            later_batches = in_flight.len(),
-                            "batch abandoned on cancel; it and any later batch will be read again"
-                        );
-                        break;
-                    }
-                }
-            }
-            () = tokio::time::sleep_until(linger_until), if room && !batch.is_empty() => {}
-            received = queue.recv(), if room && batch.len() < options.max_batch => match received {
-                Ok(message) => {
-                    if batch.is_empty() {
-                        linger_until = tokio::time::Instant::now() + options.batch_linger;
-                    }
-                    batch.push(message.detach());
-                    // Whatever is already fetched joins the batch now: the linger only waits for
-                    // records that have not arrived, so a short (or zero) linger still makes full
-                    // batches from a backlog.
-                    while batch.len() < options.max_batch {
-                        match queue.recv().now_or_never() {
-                            Some(Ok(message)) => batch.push(message.detach()),
-                            Some(Err(error)) => {
-                                tracing::warn!(topic, partition, error = %error, "fetch error");
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
-                }
-                Err(error) => tracing::warn!(topic, partition, error = %error, "fetch error"),
-            },
+    exhausted: channel::UnboundedSender<Exhausted>,
+    stalled: Stalled,
+}
+
+/// A stall in progress: the partition is marked stalled (and busy) until a batch is durable again.
+struct Stall {
+    restarts: u32,
+    _busy: Busy,
+}
+
+impl<H: BatchHandler> PartitionWorker<H> {
+    fn labels(&self) -> PartitionLabels {
+        PartitionLabels {
+            topic: self.topic.clone(),
+            partition: self.partition,
         }
     }
-    // Batches still in flight are dropped here, unacknowledged.
+
+    /// Runs until cancelled. Nothing else ends it: a handler that gives up stalls the partition
+    /// visibly and the same records are handed over again after a backoff.
+    async fn run(self, consumer: Weak<PartitionedConsumer<H>>, _done: DoneGuard) {
+        let (topic, partition) = (self.topic.clone(), self.partition);
+        let depth = self.options.pipeline.max(1);
+        let max_batch = self.options.max_batch.max(1);
+        let mut in_flight: FuturesOrdered<BatchFuture> = FuturesOrdered::new();
+        let mut batch: Vec<OwnedMessage> = Vec::with_capacity(max_batch);
+        // Records to hand over again after a restart, ahead of anything in the queue.
+        let mut replay: VecDeque<OwnedMessage> = VecDeque::new();
+        // Batches of one generation share a token, so a restart can stop the later ones.
+        let mut generation = self.cancel.child_token();
+        let mut stall: Option<Stall> = None;
+        // When the batch being filled must go, full or not; set by its first record.
+        let mut linger_until = tokio::time::Instant::now();
+        loop {
+            // Replayed records come first, in their order, without waiting.
+            while batch.len() < max_batch {
+                let Some(message) = replay.pop_front() else {
+                    break;
+                };
+                if batch.is_empty() {
+                    linger_until = tokio::time::Instant::now();
+                }
+                batch.push(message);
+            }
+            let room = in_flight.len() < depth && !self.cancel.is_cancelled();
+            let ready = room
+                && !batch.is_empty()
+                && (batch.len() >= max_batch || tokio::time::Instant::now() >= linger_until);
+            if ready {
+                let taken = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
+                in_flight.push_back(
+                    start_counted(&self.handler, taken, &generation, Some(&self.activity)).await,
+                );
+                continue;
+            }
+            tokio::select! {
+                biased;
+                // With batches in flight, their handlers see the cancel and end them (below).
+                () = self.cancel.cancelled(), if in_flight.is_empty() => break,
+                Some((handled, done)) = in_flight.next(), if !in_flight.is_empty() => {
+                    let Some(last_offset) = done.last().map(Message::offset) else { continue };
+                    match handled {
+                        Ok(()) => {
+                            if let Some(consumer) = consumer.upgrade() {
+                                if let Err(error) = consumer.store_offset(&topic, partition, last_offset) {
+                                    tracing::warn!(topic, partition, offset = last_offset, error = %error, "storing offset failed");
+                                }
+                            }
+                            tracing::debug!(topic, partition, records = done.len(), offset = last_offset, "batch durable");
+                            if stall.take().is_some() {
+                                tracing::info!(topic, partition, offset = last_offset, "partition makes progress again");
+                                lock(&self.stalled).remove(&(topic.clone(), partition));
+                                if let Some(metrics) = &self.options.metrics {
+                                    metrics.clear_stalled(&self.labels());
+                                }
+                            }
+                        }
+                        Err(Interrupted::Cancelled) => {
+                            tracing::info!(
+                                topic,
+                                partition,
+                                records = done.len(),
+                                later_batches = in_flight.len(),
+                                "batch abandoned on cancel; it and any later batch will be read again"
+                            );
+                            break;
+                        }
+                        Err(Interrupted::GaveUp(why)) => {
+                            // Everything after the last stored offset, in order: this batch, the
+                            // later ones in flight (stopped and awaited) and the one being filled.
+                            generation.cancel();
+                            let mut pending: Vec<OwnedMessage> = done;
+                            while let Some((_, later)) = in_flight.next().await {
+                                pending.extend(later);
+                            }
+                            pending.append(&mut batch);
+                            pending.extend(replay.drain(..));
+                            replay = pending.into();
+                            let restarts = stall.as_ref().map_or(0, |s| s.restarts);
+                            let first = replay.front().map_or(last_offset, Message::offset);
+                            if !self.report_stall(&why, first, restarts).await {
+                                break;
+                            }
+                            stall = Some(Stall {
+                                restarts: restarts + 1,
+                                _busy: stall.map_or_else(|| Busy::new(&self.activity), |s| s._busy),
+                            });
+                            generation = self.cancel.child_token();
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(linger_until), if room && !batch.is_empty() => {}
+                received = self.queue.recv(), if room && replay.is_empty() && batch.len() < max_batch => match received {
+                    Ok(message) => {
+                        if batch.is_empty() {
+                            linger_until = tokio::time::Instant::now() + self.options.batch_linger;
+                        }
+                        batch.push(message.detach());
+                        // Whatever is already fetched joins the batch now: the linger only waits for
+                        // records that have not arrived, so a short (or zero) linger still makes full
+                        // batches from a backlog.
+                        while batch.len() < max_batch {
+                            match self.queue.recv().now_or_never() {
+                                Some(Ok(message)) => batch.push(message.detach()),
+                                Some(Err(error)) => {
+                                    tracing::warn!(topic, partition, error = %error, "fetch error");
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(topic, partition, error = %error, "fetch error"),
+                },
+            }
+        }
+        // Batches still in flight are dropped here, unacknowledged. A stall, if any, stays
+        // recorded until the run collects it or the partition's next worker makes progress.
+    }
+
+    /// Reports that the handler gave up at `offset`, then waits before the restart. Returns
+    /// `false` when the worker must not restart: cancelled meanwhile, or out of restarts (then
+    /// the run is told to end).
+    async fn report_stall(&self, why: &GaveUp, offset: i64, restarts: u32) -> bool {
+        let (topic, partition) = (self.topic.as_str(), self.partition);
+        let delay = restart_delay(restarts, self.options.restart_backoff_max);
+        tracing::error!(
+            topic,
+            partition,
+            offset,
+            restarts,
+            error = %why,
+            "partition stalled: its worker gave up; it restarts from the stored offset in {delay:?}"
+        );
+        lock(&self.stalled).insert((self.topic.clone(), partition));
+        if let Some(metrics) = &self.options.metrics {
+            metrics.set_stalled(self.labels(), why.to_string());
+        }
+        if self
+            .options
+            .max_worker_restarts
+            .is_some_and(|max| restarts >= max)
+        {
+            tracing::error!(
+                topic,
+                partition,
+                restarts,
+                "partition worker out of restarts; stopping the run"
+            );
+            let _ = self
+                .exhausted
+                .send((self.topic.clone(), partition, why.clone()));
+            // Stay stalled (and registered) until the run stops every worker.
+            self.cancel.cancelled().await;
+            return false;
+        }
+        tokio::select! {
+            () = self.cancel.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        if let Some(metrics) = &self.options.metrics {
+            metrics.worker_restarts.get_or_create(&self.labels()).inc();
+        }
+        tracing::warn!(
+            topic,
+            partition,
+            offset,
+            "restarting the partition worker from the stored offset"
+        );
+        true
+    }
+}
+
+/// 1 s, doubling with each restart in a row, at most `max`.
+fn restart_delay(restarts: u32, max: Duration) -> Duration {
+    Duration::from_secs(1)
+        .saturating_mul(2_u32.saturating_pow(restarts.min(16)))
+        .min(max)
 }
 
 /// Consumes `topics` with one task per assigned partition until `shutdown` fires or, with an idle
@@ -519,9 +752,13 @@ pub async fn run<H: BatchHandler>(
 ) -> Result<RunEnd, RuntimeError> {
     // A crashed member's partitions move on after the session timeout; drain_timeout stays below it.
     if config.get("session.timeout.ms").is_none() {
-        config.set("session.timeout.ms", "10000");
+        config.set(
+            "session.timeout.ms",
+            DEFAULT_SESSION_TIMEOUT.as_millis().to_string(),
+        );
     }
-    if options.lag.is_some() && config.get("statistics.interval.ms").is_none() {
+    check_drain_deadline(&config, options.drain_timeout)?;
+    if options.metrics.is_some() && config.get("statistics.interval.ms").is_none() {
         config.set("statistics.interval.ms", "5000");
     }
     config
@@ -535,6 +772,7 @@ pub async fn run<H: BatchHandler>(
         busy: std::sync::atomic::AtomicUsize::new(0),
     });
     let idle_timeout = options.idle_timeout;
+    let (exhausted_tx, mut exhausted) = channel::unbounded_channel();
     let context = PartitionContext {
         handler,
         options,
@@ -543,6 +781,8 @@ pub async fn run<H: BatchHandler>(
         split_queues: Mutex::new(HashMap::new()),
         runtime: Handle::current(),
         activity: Arc::clone(&activity),
+        exhausted: exhausted_tx,
+        stalled: Stalled::default(),
     };
     let consumer: Arc<PartitionedConsumer<H>> = Arc::new(config.create_with_context(context)?);
     let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
@@ -552,8 +792,20 @@ pub async fn run<H: BatchHandler>(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let end = loop {
         tokio::select! {
-            () = shutdown.cancelled() => break RunEnd::Cancelled,
+            () = shutdown.cancelled() => {
+                let stalled: Vec<(String, i32)> =
+                    lock(&consumer.context().stalled).iter().cloned().collect();
+                break RunEnd::Cancelled { stalled };
+            }
+            Some((topic, partition, why)) = exhausted.recv() => {
+                break RunEnd::GaveUp { topic, partition, why };
+            }
             _ = tick.tick() => {
+                if let Some((topic, partition)) = consumer.context().ended_worker() {
+                    tracing::error!(topic, partition, "partition worker ended on its own; stopping");
+                    consumer.context().stop(None);
+                    return Err(RuntimeError::WorkerEnded { topic, partition });
+                }
                 // Idle time counts only while this member owns partitions: a member that waits
                 // for an assignment (say, until a crashed predecessor's session expires) is not idle.
                 if consumer.context().tasks().is_empty() {
@@ -585,4 +837,42 @@ pub async fn run<H: BatchHandler>(
     consumer.unsubscribe();
     tracing::info!(?end, "consumer stopped; offsets committed");
     Ok(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_up_to_the_cap() {
+        let max = Duration::from_secs(60);
+        assert_eq!(restart_delay(0, max), Duration::from_secs(1));
+        assert_eq!(restart_delay(3, max), Duration::from_secs(8));
+        assert_eq!(restart_delay(6, max), max);
+        assert_eq!(restart_delay(u32::MAX, max), max);
+    }
+
+    #[test]
+    fn the_drain_deadline_must_stay_below_the_session_timeout() {
+        let mut config = ClientConfig::new();
+        assert!(check_drain_deadline(&config, Duration::from_secs(8)).is_ok());
+        assert!(matches!(
+            check_drain_deadline(&config, Duration::from_secs(10)),
+            Err(RuntimeError::DrainNotBelowSession { .. })
+        ));
+        config.set("session.timeout.ms", "45000");
+        assert!(check_drain_deadline(&config, Duration::from_secs(30)).is_ok());
+        config.set("session.timeout.ms", "6000");
+        let refused = check_drain_deadline(&config, Duration::from_secs(8));
+        let message = refused.map_err(|e| e.to_string()).err().unwrap_or_default();
+        assert!(
+            message.contains("must be below the consumer session timeout"),
+            "{message}"
+        );
+        config.set("session.timeout.ms", "ten seconds");
+        assert!(matches!(
+            check_drain_deadline(&config, Duration::from_secs(1)),
+            Err(RuntimeError::BadSessionTimeout(_))
+        ));
+    }
 }

@@ -194,8 +194,8 @@ fn record_count(stack: &Stack, topic: &str, partitions: i32) -> Result<i64> {
 }
 
 /// Every record of `topic`, in offset order per partition.
-fn read_all(stack: &Stack, topic: &str, partitions: i32) -> Result<Vec<Record>> {
-    Ok(stack_tests::read_topic(stack, topic, partitions)?
+fn read_all(stack: &Stack, topic: &str) -> Result<Vec<Record>> {
+    Ok(stack_tests::kafka::read_topic(stack, topic)?
         .iter()
         .map(|message| Record {
             partition: message.partition(),
@@ -248,8 +248,8 @@ fn check_topics(
     topics: &Topics,
     wanted: &[(EntityKind, String, Vec<u8>)],
 ) -> Result<()> {
-    let users = read_all(stack, &topics.users, 3)?;
-    let orders = read_all(stack, &topics.orders, 5)?;
+    let users = read_all(stack, &topics.users)?;
+    let orders = read_all(stack, &topics.orders)?;
     check_version_order(&topics.users, &users)?;
     check_version_order(&topics.orders, &orders)?;
 

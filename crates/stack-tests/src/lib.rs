@@ -1,18 +1,32 @@
-//! Helpers for the integration tests that run against the real local stack started by
-//! `stack/stack.sh up`: its topology (read from `stack/topology.env` and the active profile),
-//! unique names per run, condition waits with deadlines, and service control (kill, stop, start).
+//! The one harness of the integration tests that run against the real local stack started by
+//! `stack/stack.sh up`:
+//!
+//! - this module: the stack's topology (read from `stack/topology.env` and the active profile),
+//!   unique names per run, condition waits with deadlines, service control (kill, stop, start)
+//!   and the lock that keeps a disruptive test from overlapping others;
+//! - [`process`]: the pipeline's binaries as processes (build, start, stop, summaries);
+//! - [`kafka`]: reading topics back, raw records, dead letters, cleanup;
+//! - [`rows`]: rows of both stores read by the tables' one description, and their comparison;
+//! - [`model`]: the expected state folded from a generated event stream;
+//! - [`sql`]: changes made directly in SQL and what they must leave behind;
+//! - [`pipeline`]: the whole pipeline — cdcconsumer runs and a verifier that must be clean.
 
-use std::collections::{BTreeMap, HashMap};
+pub mod kafka;
+pub mod model;
+pub mod pipeline;
+pub mod process;
+pub mod rows;
+pub mod sql;
+
+pub use process::workspace_binary;
+
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
 
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -183,50 +197,6 @@ where
     }
 }
 
-/// Reads every record of `topic` (partitions `0..partitions`) from the beginning up to the end it
-/// had when called, in offset order within each partition.
-pub fn read_topic(stack: &Stack, topic: &str, partitions: i32) -> Result<Vec<OwnedMessage>> {
-    let timeout = Duration::from_secs(10);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &stack.brokers)
-        .set("group.id", unique_name("it_reader"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()?;
-    let mut ends = BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-        if high > 0 {
-            ends.insert(partition, high);
-            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-        }
-    }
-    consumer.assign(&assignment)?;
-    let mut records = Vec::new();
-    let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while ends
-        .iter()
-        .any(|(p, end)| positions.get(p).copied().unwrap_or(0) < *end)
-    {
-        if std::time::Instant::now() >= deadline {
-            bail!("reading {topic} back timed out");
-        }
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let message = message?;
-        let expected = positions.get(&message.partition()).copied().unwrap_or(0);
-        if message.offset() < expected {
-            bail!("offsets went backwards in {topic}/{}", message.partition());
-        }
-        positions.insert(message.partition(), message.offset() + 1);
-        records.push(message.detach());
-    }
-    Ok(records)
-}
-
 /// Restarts a service when dropped, so that a failing fault test leaves the stack whole.
 #[derive(Debug)]
 pub struct RestartOnDrop {
@@ -268,60 +238,6 @@ impl Drop for RestartOnDrop {
             }
         }
     }
-}
-
-/// The path of the binary `package` (a workspace package with a binary of the same name), built
-/// on first use with the profile and target folder of the running test, for tests that drive
-/// another package's binary (`env!("CARGO_BIN_EXE_…")` only names the test's own package's).
-pub fn workspace_binary(package: &str) -> Result<PathBuf> {
-    use std::sync::{Mutex, OnceLock};
-    static BUILT: OnceLock<Mutex<BTreeMap<String, PathBuf>>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| Mutex::new(BTreeMap::new()));
-    let mut built = built
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(path) = built.get(package) {
-        return Ok(path.clone());
-    }
-    // A test runs as <target>/<profile>/deps/<name>: build into the same <target>/<profile>.
-    let exe = std::env::current_exe().context("locating the test binary")?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .with_context(|| format!("{} is not in <target>/<profile>/deps", exe.display()))?;
-    let target_dir = profile_dir
-        .parent()
-        .with_context(|| format!("{} has no parent", profile_dir.display()))?;
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev".to_owned(),
-        Some(name) => name.to_owned(),
-        None => bail!("cannot tell the profile of {}", profile_dir.display()),
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
-        .current_dir(repo_root())
-        .args(["build", "--quiet", "--locked", "--profile", &profile])
-        .args(["-p", package, "--bin", package])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .output()
-        .with_context(|| format!("running cargo build -p {package}"))?;
-    if !output.status.success() {
-        bail!(
-            "cargo build -p {package} failed ({}):\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let path = profile_dir.join(format!("{package}{}", std::env::consts::EXE_SUFFIX));
-    if !path.is_file() {
-        bail!(
-            "cargo build -p {package} did not produce {}",
-            path.display()
-        );
-    }
-    built.insert(package.to_owned(), path.clone());
-    Ok(path)
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::Message;
-use stack_tests::{exclusive, read_topic, shared, unique_name, wait_for, RestartOnDrop, Stack};
+use stack_tests::kafka::read_topic;
+use stack_tests::{exclusive, shared, unique_name, wait_for, RestartOnDrop, Stack};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -61,8 +62,8 @@ fn min_isr(stack: &Stack, topic: &str) -> Result<usize> {
 }
 
 /// Payloads of every record of `topic`.
-fn read_all(stack: &Stack, topic: &str, partitions: i32) -> Result<Vec<String>> {
-    Ok(read_topic(stack, topic, partitions)?
+fn read_all(stack: &Stack, topic: &str) -> Result<Vec<String>> {
+    Ok(read_topic(stack, topic)?
         .iter()
         .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
         .collect())
@@ -144,7 +145,7 @@ async fn acks_all_round_trip_over_partitions_led_by_every_broker() -> Result<()>
         refused.len()
     );
 
-    let mut read = read_all(&stack, &topic, partitions)?;
+    let mut read = read_all(&stack, &topic)?;
     read.sort();
     let mut expected = acked;
     expected.sort();
@@ -238,7 +239,7 @@ async fn one_broker_down_writes_continue_two_down_refused_then_heals() -> Result
     // Every acknowledged record is there and nothing was invented. A refused write's outcome is
     // unknown, not "absent": the leader may have appended it before its followers' loss showed in
     // the ISR, and then it survives. That is why every sink in this pipeline is idempotent.
-    let read: BTreeSet<String> = read_all(&stack, &topic, partitions)?.into_iter().collect();
+    let read: BTreeSet<String> = read_all(&stack, &topic)?.into_iter().collect();
     for payload in acked_one_down.iter().chain(&acked_healed) {
         assert!(read.contains(payload), "acknowledged record {payload} lost");
     }

@@ -41,7 +41,7 @@ async fn the_schema_applies_again_while_another_session_writes() -> Result<()> {
     .await?;
 
     let applied =
-        tokio::time::timeout(Duration::from_secs(20), cdc_core::pg::apply_schema(&pool)).await;
+        tokio::time::timeout(Duration::from_secs(20), consumer::sink::apply_schema(&pool)).await;
     tx.rollback().await?;
     ensure!(
         applied.is_ok(),

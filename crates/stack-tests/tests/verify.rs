@@ -7,119 +7,96 @@
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use cdc_core::retry::Classify;
+use cdc_core::debezium::Field;
+use cdc_core::events::{Op, Order, OrderEvent, OrderStatus, User, UserEvent};
+use cdc_core::tables::{self, Table};
 use cdc_core::topics::{ensure_topics, TopicSpec};
-use cdc_core::verify::{
-    compare, wait_quiet, CompareOptions, DifferenceKind, GroupTopics, QuietOptions, Report,
-    TableReport, Unquiet, VerifyError,
+use cdcconsumer::cassandra::Statements;
+use cdcconsumer::handler::plan::{decimal, Write};
+use cdcconsumer::verify::compare::{orders_by_user_row, Value};
+use cdcconsumer::verify::compare::{DifferenceKind, TableReport};
+use cdcconsumer::verify::quiet::Unquiet;
+use cdcconsumer::verify::{
+    compare, wait_quiet, CompareOptions, GroupTopics, QuietError, QuietOptions, Report,
 };
+use chrono::{DateTime, NaiveDate, Utc};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+use rust_decimal::Decimal;
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::unprepared::Statement;
 use scylla::statement::Consistency;
-use scylla::value::{CqlDate, CqlDecimal, CqlTimestamp};
+use scylla::value::CqlValue;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
+use stack_tests::model::{order_row, user_row};
+use stack_tests::rows::{cql_value, Precision};
 use stack_tests::{shared, unique_name, wait_for, Stack};
 use uuid::Uuid;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn pg_pool(stack: &Stack) -> Result<PgPool> {
-    PgPoolOptions::new()
+async fn pg_pool(stack: &Stack, schema: Option<&str>) -> Result<PgPool> {
+    let mut options = PgPoolOptions::new()
         .max_connections(4)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10));
+    if let Some(schema) = schema {
+        // Every connection works in the scratch schema: the sink's unqualified statements land there.
+        let set = format!("SET search_path TO {schema}");
+        options = options.after_connect(move |connection, _| {
+            let set = set.clone();
+            Box::pin(async move {
+                sqlx::query(AssertSqlSafe(set)).execute(connection).await?;
+                Ok(())
+            })
+        });
+    }
+    options
         .connect(&stack.database_url)
         .await
         .context("connecting to PostgreSQL")
 }
 
 async fn cassandra(stack: &Stack) -> Result<Session> {
-    SessionBuilder::new()
-        .known_nodes(&stack.cassandra_nodes)
-        .connection_timeout(Duration::from_secs(10))
-        .build()
+    cdcconsumer::cassandra::connect(&stack.cassandra_nodes)
         .await
         .context("connecting to Cassandra")
 }
 
-/// A scratch schema with the tables of postgres-schema.sql (the soft-delete trigger is not needed
-/// here: rows are written directly).
+/// A scratch schema holding postgres-schema.sql's tables.
 async fn create_pg_schema(pool: &PgPool, schema: &str) -> Result<()> {
-    let ddl = format!(
-        "CREATE SCHEMA {schema};
-         CREATE TABLE {schema}.users (
-             id          UUID        PRIMARY KEY,
-             name        TEXT        NOT NULL,
-             email       TEXT        NOT NULL,
-             created_at  TIMESTAMPTZ NOT NULL,
-             updated_at  TIMESTAMPTZ NOT NULL,
-             deleted_at  TIMESTAMPTZ,
-             version     BIGINT      NOT NULL CHECK (version >= 0)
-         );
-         CREATE TABLE {schema}.orders (
-             id          UUID           PRIMARY KEY,
-             user_id     UUID           NOT NULL REFERENCES {schema}.users (id),
-             product     TEXT           NOT NULL,
-             quantity    INTEGER        NOT NULL CHECK (quantity > 0),
-             amount      NUMERIC(12, 2) NOT NULL CHECK (amount >= 0),
-             status      TEXT           NOT NULL
-                         CHECK (status IN ('PLACED', 'SHIPPED', 'DELIVERED', 'CANCELLED')),
-             order_date  DATE           NOT NULL,
-             created_at  TIMESTAMPTZ    NOT NULL,
-             updated_at  TIMESTAMPTZ    NOT NULL,
-             deleted_at  TIMESTAMPTZ,
-             version     BIGINT         NOT NULL CHECK (version >= 0)
-         );"
-    );
-    sqlx::raw_sql(AssertSqlSafe(ddl)).execute(pool).await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE SCHEMA {schema}; SET search_path TO {schema}; {}; RESET search_path",
+        consumer::sink::SCHEMA
+    )))
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
-/// A scratch keyspace at the cluster's replication factor with the tables of
-/// cassandra-schema.cql, usable on every replica.
+/// A scratch keyspace with cassandra-schema.cql's tables at the cluster's replication factor,
+/// usable on every replica.
 async fn create_keyspace(session: &Session, stack: &Stack, keyspace: &str) -> Result<()> {
+    cdcconsumer::cassandra::apply_schema(session, keyspace).await?;
     let rf = stack.cassandra_nodes.len();
-    let statements = [
-        format!(
-            "CREATE KEYSPACE {keyspace} WITH replication = \
-             {{'class': 'SimpleStrategy', 'replication_factor': {rf}}}"
-        ),
-        format!(
-            "CREATE TABLE {keyspace}.users (id uuid PRIMARY KEY, name text, email text, \
-             created_at timestamp, updated_at timestamp, deleted_at timestamp, version bigint)"
-        ),
-        format!(
-            "CREATE TABLE {keyspace}.orders (id uuid PRIMARY KEY, user_id uuid, product text, \
-             quantity int, amount decimal, status text, order_date date, created_at timestamp, \
-             updated_at timestamp, deleted_at timestamp, version bigint)"
-        ),
-        format!(
-            "CREATE TABLE {keyspace}.orders_by_user (user_id uuid, order_id uuid, product text, \
-             quantity int, amount decimal, status text, order_date date, created_at timestamp, \
-             updated_at timestamp, deleted_at timestamp, version bigint, \
-             PRIMARY KEY ((user_id), order_id)) WITH CLUSTERING ORDER BY (order_id ASC)"
-        ),
-    ];
-    for text in statements {
-        let mut statement = Statement::new(text);
-        statement.set_request_timeout(Some(Duration::from_secs(60)));
-        session.query_unpaged(statement, ()).await?;
-    }
+    let mut alter = Statement::new(format!(
+        "ALTER KEYSPACE {keyspace} WITH replication = \
+         {{'class': 'SimpleStrategy', 'replication_factor': {rf}}}"
+    ));
+    alter.set_request_timeout(Some(Duration::from_secs(60)));
+    session.query_unpaged(alter, ()).await?;
     session.await_schema_agreement().await?;
     // The driver's agreement check can pass before every replica has applied the new tables
     // (replicas then answer INCOMPATIBLE_SCHEMA): wait until a read of each at ALL is accepted.
-    for table in ["users", "orders", "orders_by_user"] {
-        let mut probe = Statement::new(format!("SELECT * FROM {keyspace}.{table} LIMIT 1"));
+    for table in tables::MIRRORED {
+        let mut probe = Statement::new(format!("SELECT * FROM {keyspace}.{} LIMIT 1", table.name));
         probe.set_consistency(Consistency::All);
         wait_for(
-            &format!("{keyspace}.{table} on every replica"),
+            &format!("{keyspace}.{} on every replica", table.name),
             Duration::from_secs(60),
             || {
                 let probe = probe.clone();
@@ -138,226 +115,128 @@ async fn drop_keyspace(session: &Session, keyspace: &str) -> Result<()> {
     Ok(())
 }
 
-/// Microseconds since the epoch, as PostgreSQL keeps them.
-type Micros = i64;
-
-struct User {
-    id: Uuid,
-    name: String,
-    created: Micros,
-    updated: Micros,
-    deleted: Option<Micros>,
-    version: i64,
-}
-
-#[derive(Clone)]
-struct Order {
-    id: Uuid,
-    user_id: Uuid,
-    product: String,
-    quantity: i32,
-    cents: i64,
-    status: &'static str,
-    /// Days since 1970-01-01.
-    order_date: i32,
-    created: Micros,
-    updated: Micros,
-    deleted: Option<Micros>,
-    version: i64,
-}
-
 /// 2026-11-24T10:00:00Z
-const BASE: Micros = 1_795_514_400_000_000;
+const BASE: i64 = 1_795_514_400_000_000;
+
+fn at(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
 
 /// Four users (the last soft-deleted) with two orders each (the deleted user's soft-deleted too);
 /// every timestamp has a sub-millisecond part, the amounts trailing zeros.
-fn dataset() -> (Vec<User>, Vec<Order>) {
-    let users: Vec<User> = (0..4_i64)
-        .map(|n| User {
-            id: Uuid::new_v4(),
-            name: format!("user {n}"),
-            created: BASE + n * 1_000_123 + 456,
-            updated: BASE + n * 2_000_321 + 789,
-            deleted: (n == 3).then_some(BASE + 9_000_000_001),
+fn dataset() -> (Vec<UserEvent>, Vec<OrderEvent>) {
+    let users: Vec<UserEvent> = (0..4_i64)
+        .map(|n| UserEvent {
+            event_id: Uuid::new_v4(),
+            op: Op::Update,
             version: n + 1,
+            user: User {
+                id: Uuid::new_v4(),
+                name: format!("user {n}"),
+                email: format!("user.{n}@example.com"),
+                created_at: at(BASE + n * 1_000_123 + 456),
+                updated_at: at(BASE + n * 2_000_321 + 789),
+                deleted_at: (n == 3).then(|| at(BASE + 9_000_000_001)),
+            },
         })
         .collect();
-    let statuses = ["PLACED", "SHIPPED", "DELIVERED", "CANCELLED"];
+    let statuses = [
+        OrderStatus::Placed,
+        OrderStatus::Shipped,
+        OrderStatus::Delivered,
+        OrderStatus::Cancelled,
+    ];
     let amounts = [1250, 999, 100_000, 5];
     let orders = (0..8_usize)
         .map(|n| {
-            let user = &users[n / 2];
+            let user = &users[n / 2].user;
             let k = i64::try_from(n).unwrap_or_default();
-            Order {
-                id: Uuid::new_v4(),
-                user_id: user.id,
-                product: format!("product {n}"),
-                quantity: i32::try_from(n).unwrap_or_default() + 1,
-                cents: amounts[n % 4],
-                status: statuses[n % 4],
-                order_date: 20_781 - i32::try_from(n).unwrap_or_default(),
-                created: BASE + k * 3_000_007 + 123,
-                updated: BASE + k * 4_000_009 + 999,
-                deleted: user.deleted,
+            OrderEvent {
+                event_id: Uuid::new_v4(),
+                op: Op::Update,
                 version: k + 10,
+                order: Order {
+                    id: Uuid::new_v4(),
+                    user_id: user.id,
+                    product: format!("product {n}"),
+                    quantity: i32::try_from(n).unwrap_or_default() + 1,
+                    amount: Decimal::new(amounts[n % 4], 2),
+                    status: statuses[n % 4],
+                    order_date: NaiveDate::from_ymd_opt(2026, 11, 24)
+                        .unwrap_or_default()
+                        .checked_sub_days(chrono::Days::new(u64::try_from(n).unwrap_or(0)))
+                        .unwrap_or_default(),
+                    created_at: at(BASE + k * 3_000_007 + 123),
+                    updated_at: at(BASE + k * 4_000_009 + 999),
+                    deleted_at: user.deleted_at,
+                },
             }
         })
         .collect();
     (users, orders)
 }
 
-fn cql_timestamp(micros: Micros) -> CqlTimestamp {
-    CqlTimestamp(micros.div_euclid(1000))
+/// The Cassandra side, written through the sink's own statements: a row as the model of its
+/// event says, decimals without trailing zeros (12.50 as 12.5) to show that decimals are compared
+/// by value, not by scale.
+/// Each write gets a later timestamp than the one before, so a later write always wins.
+struct CassandraWriter {
+    session: Session,
+    statements: Statements,
+    clock: std::sync::atomic::AtomicI64,
 }
 
-fn cql_date(days: i32) -> CqlDate {
-    CqlDate((1_u32 << 31).wrapping_add_signed(days))
-}
-
-/// Cents as a Cassandra decimal, written without trailing zeros (12.50 as 12.5, 1000.00 as 1E+3)
-/// to show that decimals are compared by value, not by scale.
-fn cql_decimal(cents: i64) -> CqlDecimal {
-    let (mut unscaled, mut scale) = (cents, 2);
-    while unscaled != 0 && unscaled % 10 == 0 {
-        unscaled /= 10;
-        scale -= 1;
-    }
-    CqlDecimal::from_signed_be_bytes_slice_and_exponent(&unscaled.to_be_bytes(), scale)
-}
-
-async fn insert_pg(pool: &PgPool, schema: &str, users: &[User], orders: &[Order]) -> Result<()> {
-    // Integer microseconds and cents, converted exactly by PostgreSQL.
-    let ts = |n: usize| format!("TIMESTAMPTZ 'epoch' + ${n}::bigint * INTERVAL '1 microsecond'");
-    let insert_user = format!(
-        "INSERT INTO {schema}.users VALUES ($1, $2, $3, {}, {}, {}, $7)",
-        ts(4),
-        ts(5),
-        ts(6)
-    );
-    for u in users {
-        sqlx::query(AssertSqlSafe(insert_user.as_str()))
-            .bind(u.id)
-            .bind(&u.name)
-            .bind(format!("{}@example.com", u.name.replace(' ', ".")))
-            .bind(u.created)
-            .bind(u.updated)
-            .bind(u.deleted)
-            .bind(u.version)
-            .execute(pool)
-            .await?;
-    }
-    let insert_order = format!(
-        "INSERT INTO {schema}.orders VALUES ($1, $2, $3, $4, $5::bigint * 0.01, $6, \
-         DATE '1970-01-01' + $7::int, {}, {}, {}, $11)",
-        ts(8),
-        ts(9),
-        ts(10)
-    );
-    for o in orders {
-        sqlx::query(AssertSqlSafe(insert_order.as_str()))
-            .bind(o.id)
-            .bind(o.user_id)
-            .bind(&o.product)
-            .bind(o.quantity)
-            .bind(o.cents)
-            .bind(o.status)
-            .bind(o.order_date)
-            .bind(o.created)
-            .bind(o.updated)
-            .bind(o.deleted)
-            .bind(o.version)
-            .execute(pool)
-            .await?;
-    }
-    Ok(())
-}
-
-/// The Cassandra side's statements, prepared once.
-struct CassandraWriter<'a> {
-    session: &'a Session,
-    keyspace: &'a str,
-}
-
-impl CassandraWriter<'_> {
-    async fn run(
-        &self,
-        cql: String,
-        values: impl scylla::serialize::row::SerializeRow,
-    ) -> Result<()> {
-        let mut statement = self.session.prepare(cql).await?;
-        statement.set_consistency(Consistency::Quorum);
-        self.session.execute_unpaged(&statement, values).await?;
-        Ok(())
+impl CassandraWriter {
+    async fn run(&self, write: Write) -> Result<()> {
+        let ts = self
+            .clock
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.statements
+            .execute(&self.session, &write, ts)
+            .await
+            .context("writing to Cassandra")
     }
 
-    async fn user(&self, u: &User) -> Result<()> {
-        let ks = self.keyspace;
-        self.run(
-            format!(
-                "INSERT INTO {ks}.users (id, name, email, created_at, updated_at, deleted_at, \
-                 version) VALUES (?, ?, ?, ?, ?, ?, ?)"
-            ),
-            (
-                u.id,
-                &u.name,
-                format!("{}@example.com", u.name.replace(' ', ".")),
-                cql_timestamp(u.created),
-                cql_timestamp(u.updated),
-                u.deleted.map(cql_timestamp),
-                u.version,
-            ),
-        )
+    fn cells(table: &'static Table, row: Vec<Value>) -> Write {
+        let cells = table
+            .columns
+            .iter()
+            .zip(row)
+            .map(|(column, value)| match value {
+                Value::Decimal(d) => Field::Value(CqlValue::Decimal(decimal(&d.normalize()))),
+                other => match cql_value(column.ty, &other) {
+                    Some(value) => Field::Value(value),
+                    None => Field::Null,
+                },
+            })
+            .collect();
+        Write::Upsert { table, cells }
+    }
+
+    async fn user(&self, e: &UserEvent) -> Result<()> {
+        self.run(Self::cells(
+            &tables::USERS,
+            user_row(&e.user, e.version, Precision::Millis),
+        ))
         .await
     }
 
-    async fn order(&self, o: &Order) -> Result<()> {
-        let ks = self.keyspace;
-        self.run(
-            format!(
-                "INSERT INTO {ks}.orders (id, user_id, product, quantity, amount, status, \
-                 order_date, created_at, updated_at, deleted_at, version) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ),
-            (
-                o.id,
-                o.user_id,
-                &o.product,
-                o.quantity,
-                cql_decimal(o.cents),
-                o.status,
-                cql_date(o.order_date),
-                cql_timestamp(o.created),
-                cql_timestamp(o.updated),
-                o.deleted.map(cql_timestamp),
-                o.version,
-            ),
-        )
+    async fn order(&self, e: &OrderEvent) -> Result<()> {
+        self.run(Self::cells(
+            &tables::ORDERS,
+            order_row(&e.order, e.version, Precision::Millis),
+        ))
         .await
     }
 
-    async fn order_by_user(&self, user_id: Uuid, o: &Order) -> Result<()> {
-        let ks = self.keyspace;
-        self.run(
-            format!(
-                "INSERT INTO {ks}.orders_by_user (user_id, order_id, product, quantity, amount, \
-                 status, order_date, created_at, updated_at, deleted_at, version) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ),
-            (
-                user_id,
-                o.id,
-                &o.product,
-                o.quantity,
-                cql_decimal(o.cents),
-                o.status,
-                cql_date(o.order_date),
-                cql_timestamp(o.created),
-                cql_timestamp(o.updated),
-                o.deleted.map(cql_timestamp),
-                o.version,
-            ),
-        )
-        .await
+    async fn order_by_user(&self, e: &OrderEvent) -> Result<()> {
+        let row = orders_by_user_row(&order_row(&e.order, e.version, Precision::Millis));
+        self.run(Self::cells(&tables::ORDERS_BY_USER, row)).await
+    }
+
+    async fn delete(&self, table: &'static Table, key: &[Uuid]) -> Result<()> {
+        let key = key.iter().map(|id| CqlValue::Uuid(*id)).collect();
+        self.run(Write::Delete { table, key }).await
     }
 }
 
@@ -375,19 +254,21 @@ fn counts(report: &Report, name: &str) -> Result<(u64, u64, u64, u64, u64)> {
 
 async fn compare_scenario(
     pool: &PgPool,
-    session: &Session,
+    cassandra: &CassandraWriter,
     schema: &str,
     keyspace: &str,
 ) -> Result<()> {
+    let session = &cassandra.session;
     let (users, orders) = dataset();
-    insert_pg(pool, schema, &users, &orders).await?;
-    let cassandra = CassandraWriter { session, keyspace };
+    consumer::sink::apply_users(pool, &users).await?;
+    let applied = consumer::sink::apply_orders(pool, &orders).await?;
+    ensure!(applied.missing_parent.is_empty(), "{applied:?}");
     for u in &users {
         cassandra.user(u).await?;
     }
     for o in &orders {
         cassandra.order(o).await?;
-        cassandra.order_by_user(o.user_id, o).await?;
+        cassandra.order_by_user(o).await?;
     }
 
     let mut opts = CompareOptions {
@@ -412,32 +293,22 @@ async fn compare_scenario(
 
     // Drift in Cassandra: one user missing, one order extra, one order's status different, one
     // orders_by_user row moved under another user.
-    let ks = keyspace;
     cassandra
-        .run(
-            format!("DELETE FROM {ks}.users WHERE id = ?"),
-            (users[1].id,),
-        )
+        .delete(&tables::USERS, &[users[1].user.id])
         .await?;
-    let stray = Order {
-        id: Uuid::new_v4(),
-        ..orders[0].clone()
-    };
+    let mut stray = orders[0].clone();
+    stray.order.id = Uuid::new_v4();
     cassandra.order(&stray).await?;
+    let mut shipped = orders[0].clone();
+    shipped.order.status = OrderStatus::Shipped;
+    cassandra.order(&shipped).await?;
+    let moved = &orders[2].order;
     cassandra
-        .run(
-            format!("UPDATE {ks}.orders SET status = ? WHERE id = ?"),
-            ("SHIPPED", orders[0].id),
-        )
+        .delete(&tables::ORDERS_BY_USER, &[moved.user_id, moved.id])
         .await?;
-    let moved = &orders[2];
-    cassandra
-        .run(
-            format!("DELETE FROM {ks}.orders_by_user WHERE user_id = ? AND order_id = ?"),
-            (moved.user_id, moved.id),
-        )
-        .await?;
-    cassandra.order_by_user(users[0].id, moved).await?;
+    let mut elsewhere = orders[2].clone();
+    elsewhere.order.user_id = users[0].user.id;
+    cassandra.order_by_user(&elsewhere).await?;
     // PostgreSQL moves two timestamps within their millisecond: no difference.
     let within_ms = |column: &str, table: &str| {
         format!(
@@ -447,11 +318,11 @@ async fn compare_scenario(
         )
     };
     let (users_micros,): (i64,) = sqlx::query_as(AssertSqlSafe(within_ms("updated_at", "users")))
-        .bind(users[2].id)
+        .bind(users[2].user.id)
         .fetch_one(pool)
         .await?;
     let (orders_micros,): (i64,) = sqlx::query_as(AssertSqlSafe(within_ms("created_at", "orders")))
-        .bind(orders[5].id)
+        .bind(orders[5].order.id)
         .fetch_one(pool)
         .await?;
     ensure!(users_micros == 999 && orders_micros == 999);
@@ -470,7 +341,7 @@ async fn compare_scenario(
     let users_report = table(&report, "users")?;
     ensure!(
         users_report.examples.len() == 1
-            && users_report.examples[0].key == format!("id={}", users[1].id)
+            && users_report.examples[0].key == format!("id={}", users[1].user.id)
             && users_report.examples[0].kind == DifferenceKind::Missing,
         "{report}"
     );
@@ -488,7 +359,7 @@ async fn compare_scenario(
             _ => None,
         })
         .with_context(|| format!("no different row listed:\n{report}"))?;
-    ensure!(status.0 == format!("id={}", orders[0].id), "{report}");
+    ensure!(status.0 == format!("id={}", orders[0].order.id), "{report}");
     ensure!(
         status.1.len() == 1 && status.1[0].column == "status",
         "{report}"
@@ -503,7 +374,7 @@ async fn compare_scenario(
         orders_report
             .examples
             .iter()
-            .any(|d| d.key == format!("id={}", stray.id) && d.kind == DifferenceKind::Extra),
+            .any(|d| d.key == format!("id={}", stray.order.id) && d.kind == DifferenceKind::Extra),
         "{report}"
     );
     let by_user = table(&report, "orders_by_user")?;
@@ -513,7 +384,7 @@ async fn compare_scenario(
             DifferenceKind::Missing,
         ),
         (
-            format!("user_id={} order_id={}", users[0].id, moved.id),
+            format!("user_id={} order_id={}", users[0].user.id, moved.id),
             DifferenceKind::Extra,
         ),
     ];
@@ -533,19 +404,32 @@ async fn compare_scenario(
 async fn compare_is_clean_on_equal_data_and_counts_exactly_the_drift() -> Result<()> {
     let _shared = shared().await;
     let stack = Stack::from_env()?;
-    let pool = pg_pool(&stack).await?;
-    let session = cassandra(&stack).await?;
+    let admin = pg_pool(&stack, None).await?;
     let schema = unique_name("it_verify");
     let keyspace = unique_name("it_verify");
-    create_pg_schema(&pool, &schema).await?;
+    create_pg_schema(&admin, &schema).await?;
+    let pool = pg_pool(&stack, Some(&schema)).await?;
+    let session = cassandra(&stack).await?;
     let outcome = match create_keyspace(&session, &stack, &keyspace).await {
-        Ok(()) => compare_scenario(&pool, &session, &schema, &keyspace).await,
+        Ok(()) => match Statements::prepare(&session, &keyspace, Consistency::Quorum).await {
+            Ok(statements) => {
+                let writer = CassandraWriter {
+                    session,
+                    statements,
+                    clock: std::sync::atomic::AtomicI64::new(1),
+                };
+                let outcome = compare_scenario(&pool, &writer, &schema, &keyspace).await;
+                drop_keyspace(&writer.session, &keyspace).await?;
+                outcome
+            }
+            Err(error) => Err(error.into()),
+        },
         Err(error) => Err(error),
     };
+    pool.close().await;
     sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&pool)
+        .execute(&admin)
         .await?;
-    drop_keyspace(&session, &keyspace).await?;
     outcome
 }
 
@@ -613,10 +497,10 @@ async fn quiet_scenario(stack: &Stack, pool: &PgPool, topic: &str, group: &str) 
         waited >= Duration::from_millis(2500) && waited < Duration::from_secs(20),
         "{waited:?}"
     );
-    let VerifyError::NotQuiet { behind, .. } = &error else {
+    let QuietError::NotQuiet { behind, .. } = &error else {
         bail!("expected NotQuiet, got {error:?}");
     };
-    ensure!(error.is_transient());
+    ensure!(error.may_pass());
     let expected = [
         Unquiet::GroupLag {
             group: group.to_owned(),
@@ -658,7 +542,7 @@ async fn quiet_scenario(stack: &Stack, pool: &PgPool, topic: &str, group: &str) 
     let missing = unique_name("it_verify_missing");
     opts.groups = vec![GroupTopics::new(group, &[missing.as_str()])];
     match wait_quiet(pool, &opts).await {
-        Err(VerifyError::TopicMissing(name)) if name == missing => {}
+        Err(QuietError::TopicMissing(name)) if name == missing => {}
         other => bail!("expected TopicMissing({missing}), got {other:?}"),
     }
     Ok(())
@@ -668,7 +552,7 @@ async fn quiet_scenario(stack: &Stack, pool: &PgPool, topic: &str, group: &str) 
 async fn wait_quiet_names_the_lagging_partition_and_passes_at_the_end() -> Result<()> {
     let _shared = shared().await;
     let stack = Stack::from_env()?;
-    let pool = pg_pool(&stack).await?;
+    let pool = pg_pool(&stack, None).await?;
     let topic = unique_name("it_verify");
     let group = unique_name("it_verify_group");
     let rf = i32::try_from(stack.broker_count)?;
@@ -687,7 +571,7 @@ async fn wait_quiet_names_the_lagging_partition_and_passes_at_the_end() -> Resul
 async fn wait_quiet_waits_for_the_replication_slot() -> Result<()> {
     let _shared = shared().await;
     let stack = Stack::from_env()?;
-    let pool = pg_pool(&stack).await?;
+    let pool = pg_pool(&stack, None).await?;
     let slot = stack
         .topology
         .get("DEBEZIUM_SLOT_NAME")
@@ -716,7 +600,7 @@ async fn wait_quiet_waits_for_the_replication_slot() -> Result<()> {
         ..opts
     };
     match wait_quiet(&pool, &missing).await {
-        Err(error @ VerifyError::SlotMissing(_)) => ensure!(!error.is_transient()),
+        Err(error @ QuietError::SlotMissing(_)) => ensure!(!error.may_pass()),
         other => bail!("expected SlotMissing, got {other:?}"),
     }
     Ok(())

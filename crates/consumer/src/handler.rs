@@ -11,12 +11,25 @@ use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::dlq;
-use crate::events::{self, EntityKind, Event, OrderEvent, UserEvent};
-use crate::metrics::{Metrics, TopicLabels};
-use crate::pg;
-use crate::retry::{backoff, retry_until_cancelled};
-use crate::runtime::{BatchHandler, Cancelled};
+use cdc_core::dlq;
+use cdc_core::events::{self, EntityKind, Event, OrderEvent, UserEvent};
+use cdc_core::metrics::{Metrics, Tally};
+use cdc_core::outcome::Interrupted;
+use cdc_core::retry::{backoff, retry};
+use cdc_core::runtime::BatchHandler;
+
+use crate::sink as pg;
+
+/// Every dead-letter reason of the consumer: an invalid event's ([`events::REASONS`]), an order
+/// whose user never arrived, and a record the database refused as invalid.
+pub fn reasons() -> Vec<&'static str> {
+    let mut reasons = events::REASONS.to_vec();
+    reasons.extend([MISSING_PARENT, REJECTED_BY_DATABASE]);
+    reasons
+}
+
+pub const MISSING_PARENT: &str = "missing_parent";
+pub const REJECTED_BY_DATABASE: &str = "rejected_by_database";
 
 pub struct EventHandler {
     pub kind: EntityKind,
@@ -24,6 +37,8 @@ pub struct EventHandler {
     pub dlq: FutureProducer,
     /// How long an order may wait for its user before it is dead-lettered.
     pub parent_wait: Duration,
+    /// How long a failure that is not a record's fault is retried before the batch gives up.
+    pub give_up_after: Duration,
     pub metrics: Metrics,
 }
 
@@ -37,58 +52,58 @@ impl std::fmt::Debug for EventHandler {
 }
 
 impl EventHandler {
-    fn applied(&self, batch: &[OwnedMessage], n: usize) {
-        let topic = TopicLabels {
-            topic: batch
-                .first()
-                .map(|m| m.topic().to_owned())
-                .unwrap_or_default(),
-        };
-        self.metrics
-            .applied
-            .get_or_create(&topic)
-            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
-    }
-
     async fn park(
         &self,
         message: &OwnedMessage,
-        reason: &str,
+        reason: &'static str,
         error: String,
+        tally: &mut Tally,
         cancel: &CancellationToken,
-    ) -> Result<(), Cancelled> {
-        dlq::park_message(&self.dlq, &self.metrics, message, reason, error, cancel).await
+    ) -> Result<(), Interrupted> {
+        dlq::park_message(
+            &self.dlq,
+            message,
+            reason,
+            error,
+            self.give_up_after,
+            cancel,
+        )
+        .await?;
+        tally.parked.push(reason);
+        Ok(())
     }
 
     async fn apply_users(
         &self,
         events: &[(usize, UserEvent)],
         batch: &[OwnedMessage],
+        tally: &mut Tally,
         cancel: &CancellationToken,
-    ) -> Result<(), Cancelled> {
+    ) -> Result<(), Interrupted> {
         let plain: Vec<UserEvent> = events.iter().map(|(_, e)| e.clone()).collect();
-        match retry_until_cancelled("apply users", cancel, || {
+        match retry("apply users", self.give_up_after, cancel, || {
             pg::apply_users(&self.pool, &plain)
         })
         .await?
         {
-            Ok(_) => self.applied(batch, plain.len()),
+            Ok(_) => tally.applied += plain.len(),
             Err(error) => {
                 // The database refused data that passed validation: find the culprits one by one.
                 tracing::error!(error = %error, "batch refused by the database; applying one by one");
                 for (index, event) in events {
                     let single = [event.clone()];
-                    match retry_until_cancelled("apply user", cancel, || {
+                    match retry("apply user", self.give_up_after, cancel, || {
                         pg::apply_users(&self.pool, &single)
                     })
                     .await?
                     {
-                        Ok(_) => self.applied(batch, 1),
+                        Ok(_) => tally.applied += 1,
                         Err(error) => {
                             self.park(
                                 &batch[*index],
-                                "rejected_by_database",
+                                REJECTED_BY_DATABASE,
                                 error.to_string(),
+                                tally,
                                 cancel,
                             )
                             .await?
@@ -104,15 +119,16 @@ impl EventHandler {
         &self,
         events: &[(usize, OrderEvent)],
         batch: &[OwnedMessage],
+        tally: &mut Tally,
         cancel: &CancellationToken,
-    ) -> Result<(), Cancelled> {
+    ) -> Result<(), Interrupted> {
         let mut pending: Vec<(usize, OrderEvent)> = events.to_vec();
         let mut waits = backoff(self.parent_wait).build();
         loop {
             let plain: Vec<OrderEvent> = pending.iter().map(|(_, e)| e.clone()).collect();
             // Records the database refused one by one: parked, so neither applied nor waiting.
             let mut refused = 0;
-            let outcome = match retry_until_cancelled("apply orders", cancel, || {
+            let outcome = match retry("apply orders", self.give_up_after, cancel, || {
                 pg::apply_orders(&self.pool, &plain)
             })
             .await?
@@ -123,7 +139,7 @@ impl EventHandler {
                     let mut missing = BTreeSet::new();
                     for (index, event) in &pending {
                         let single = [event.clone()];
-                        match retry_until_cancelled("apply order", cancel, || {
+                        match retry("apply order", self.give_up_after, cancel, || {
                             pg::apply_orders(&self.pool, &single)
                         })
                         .await?
@@ -133,8 +149,9 @@ impl EventHandler {
                                 refused += 1;
                                 self.park(
                                     &batch[*index],
-                                    "rejected_by_database",
+                                    REJECTED_BY_DATABASE,
                                     error.to_string(),
+                                    tally,
                                     cancel,
                                 )
                                 .await?
@@ -151,7 +168,7 @@ impl EventHandler {
                 .iter()
                 .filter(|(_, e)| !outcome.missing_parent.contains(&e.order.id))
                 .count();
-            self.applied(batch, applied.saturating_sub(refused));
+            tally.applied += applied.saturating_sub(refused);
             pending.retain(|(_, e)| outcome.missing_parent.contains(&e.order.id));
             if pending.is_empty() {
                 return Ok(());
@@ -165,7 +182,7 @@ impl EventHandler {
                     );
                     tokio::select! {
                         biased;
-                        () = cancel.cancelled() => return Err(Cancelled),
+                        () = cancel.cancelled() => return Err(Interrupted::Cancelled),
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -175,7 +192,7 @@ impl EventHandler {
                             "user {} of order {} did not arrive within {:?}",
                             event.order.user_id, event.order.id, self.parent_wait
                         );
-                        self.park(&batch[*index], "missing_parent", error, cancel)
+                        self.park(&batch[*index], MISSING_PARENT, error, tally, cancel)
                             .await?;
                     }
                     return Ok(());
@@ -190,9 +207,9 @@ impl BatchHandler for EventHandler {
         &self,
         batch: &[OwnedMessage],
         cancel: &CancellationToken,
-    ) -> Result<(), Cancelled> {
+    ) -> Result<(), Interrupted> {
         let started = std::time::Instant::now();
-        let topic = self.metrics.count_consumed(batch);
+        let mut tally = Tally::default();
         let mut users = Vec::new();
         let mut orders = Vec::new();
         for (index, message) in batch.iter().enumerate() {
@@ -200,21 +217,20 @@ impl BatchHandler for EventHandler {
                 Ok(Event::User(e)) => users.push((index, e)),
                 Ok(Event::Order(e)) => orders.push((index, e)),
                 Err(invalid) => {
-                    self.park(message, invalid.reason(), invalid.to_string(), cancel)
-                        .await?
+                    let error = invalid.to_string();
+                    self.park(message, invalid.reason(), error, &mut tally, cancel)
+                        .await?;
                 }
             }
         }
         if !users.is_empty() {
-            self.apply_users(&users, batch, cancel).await?;
+            self.apply_users(&users, batch, &mut tally, cancel).await?;
         }
         if !orders.is_empty() {
-            self.apply_orders(&orders, batch, cancel).await?;
+            self.apply_orders(&orders, batch, &mut tally, cancel)
+                .await?;
         }
-        self.metrics
-            .batch_seconds
-            .get_or_create(&topic)
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.record_batch(batch, &tally, started.elapsed());
         Ok(())
     }
 }

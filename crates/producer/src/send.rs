@@ -33,8 +33,8 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{EntityKind, Event};
-use crate::generator::{Generator, GeneratorConfig};
+use cdc_core::events::{EntityKind, Event};
+use cdc_core::generator::{Generator, GeneratorConfig};
 
 /// Settings the producer uses unless the extra client options say otherwise.
 const TUNABLE_DEFAULTS: &[(&str, &str)] = &[

@@ -1,0 +1,858 @@
+//! cdcconsumer's write rate into Cassandra against a bare scylla-driver loop (and, with
+//! `--breakdown`, the handler in-process), on the same stream of built envelopes.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Write rate
+
+/// The four captured envelopes the stream is built from.
+#[derive(Debug)]
+pub(super) struct Templates {
+    user_c: Value,
+    user_u: Value,
+    order_c: Value,
+    order_u: Value,
+    /// The fixtures' `amount` encodings (precise decimals, base64 of the unscaled value).
+    amounts: Vec<Value>,
+}
+
+impl Templates {
+    fn load() -> Result<Self> {
+        let parse = |name: &str, text: &str| -> Result<Value> {
+            let value: Value =
+                serde_json::from_str(text).with_context(|| format!("fixture {name}"))?;
+            ensure!(
+                value["key"]["payload"].is_object()
+                    && value["value"]["payload"]["source"].is_object(),
+                "fixture {name} is not a keyed Debezium change record"
+            );
+            Ok(value)
+        };
+        let order_c = parse("orders_c", ORDERS_C)?;
+        let order_u = parse("orders_u", ORDERS_U)?;
+        let amounts = [&order_c, &order_u]
+            .iter()
+            .map(|t| t["value"]["payload"]["after"]["amount"].clone())
+            .filter(Value::is_string)
+            .collect::<Vec<_>>();
+        ensure!(!amounts.is_empty(), "the order fixtures carry no amount");
+        Ok(Self {
+            user_c: parse("users_c", USERS_C)?,
+            user_u: parse("users_u", USERS_U)?,
+            order_c,
+            order_u,
+            amounts,
+        })
+    }
+}
+
+/// Position of the next change in the made-up WAL.
+#[derive(Debug)]
+pub(super) struct Position {
+    lsn: i64,
+    tx_id: i64,
+    commit_micros: i64,
+}
+
+impl Position {
+    fn advance(&mut self) {
+        self.lsn += 1_064;
+        self.tx_id += 1;
+        self.commit_micros += 50;
+    }
+}
+
+/// One Kafka record (key, value) from a template with the given images and position.
+pub(super) fn envelope(
+    template: &Value,
+    id: Uuid,
+    op: &str,
+    before: Option<&Value>,
+    after: &Value,
+    at: &Position,
+) -> Result<(String, Vec<u8>)> {
+    let mut record = template.clone();
+    record["key"]["payload"]["id"] = Value::from(id.to_string());
+    let payload = &mut record["value"]["payload"];
+    payload["op"] = Value::from(op);
+    payload["before"] = before.cloned().unwrap_or(Value::Null);
+    payload["after"] = after.clone();
+    let emitted = at.commit_micros + 150_000;
+    payload["ts_ms"] = Value::from(emitted / 1000);
+    payload["ts_us"] = Value::from(emitted);
+    payload["ts_ns"] = Value::from(emitted * 1000);
+    let source = &mut payload["source"];
+    source["lsn"] = Value::from(at.lsn);
+    source["txId"] = Value::from(at.tx_id);
+    source["sequence"] = Value::from(format!("[\"{}\",\"{}\"]", at.lsn - 376, at.lsn));
+    source["ts_ms"] = Value::from(at.commit_micros / 1000);
+    source["ts_us"] = Value::from(at.commit_micros);
+    source["ts_ns"] = Value::from(at.commit_micros * 1000);
+    Ok((
+        serde_json::to_string(&record["key"])?,
+        serde_json::to_vec(&record["value"])?,
+    ))
+}
+
+pub(super) fn zoned(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+pub(super) const FIRST_NAMES: &[&str] = &[
+    "Janessa", "Grady", "Amara", "Tobias", "Lena", "Marco", "Priya", "Elias", "Noor", "Ingrid",
+];
+pub(super) const LAST_NAMES: &[&str] = &[
+    "Gleichner",
+    "Murazik",
+    "Bechtelar",
+    "Okafor",
+    "Lindqvist",
+    "Moreau",
+    "Tanaka",
+    "Castillo",
+];
+pub(super) const PRODUCTS: &[&str] = &[
+    "Backpack",
+    "Phone charger",
+    "Desk lamp",
+    "Coffee grinder",
+    "Running shoes",
+    "Water bottle",
+    "Headphones",
+];
+
+pub(super) fn user_image(
+    id: Uuid,
+    n: usize,
+    surname: usize,
+    version: i64,
+    created: DateTime<Utc>,
+) -> Value {
+    let first = FIRST_NAMES[n % FIRST_NAMES.len()];
+    let last = LAST_NAMES[surname % LAST_NAMES.len()];
+    let updated = created + chrono::Duration::seconds(version - 1);
+    json!({
+        "id": id.to_string(),
+        "name": format!("{first} {last}"),
+        "email": format!("{}.{}.{n}@example.com", first.to_lowercase(), LAST_NAMES[n % LAST_NAMES.len()].to_lowercase()),
+        "created_at": zoned(created),
+        "updated_at": zoned(updated),
+        "deleted_at": null,
+        "version": version,
+    })
+}
+
+pub(super) fn order_image(
+    id: Uuid,
+    user_id: Uuid,
+    n: usize,
+    version: i64,
+    created: DateTime<Utc>,
+    amount: &Value,
+) -> Value {
+    let status = ["PLACED", "SHIPPED", "DELIVERED"][usize::try_from(version - 1).unwrap_or(0) % 3];
+    let updated = created + chrono::Duration::seconds(version - 1);
+    json!({
+        "id": id.to_string(),
+        "user_id": user_id.to_string(),
+        "product": PRODUCTS[n % PRODUCTS.len()],
+        "quantity": 1 + n % 4,
+        "amount": amount,
+        "status": status,
+        "order_date": created.date_naive().signed_duration_since(chrono::NaiveDate::default()).num_days(),
+        "created_at": zoned(created),
+        "updated_at": zoned(updated),
+        "deleted_at": null,
+        "version": version,
+    })
+}
+
+/// The write-rate stream: Kafka records, and the same changes as planned writes.
+#[derive(Debug)]
+pub(super) struct RateStream {
+    records: Vec<Record>,
+    writes: Vec<(Write, i64)>,
+    user_changes: usize,
+    order_changes: usize,
+    users: usize,
+    orders: usize,
+}
+
+impl RateStream {
+    fn changes(&self) -> usize {
+        self.user_changes + self.order_changes
+    }
+
+    fn build(users: usize, orders: usize) -> Result<Self> {
+        ensure!(users > 0, "--users must be positive");
+        let templates = Templates::load()?;
+        let now = Utc::now();
+        let mut at = Position {
+            lsn: 1_000_000_000,
+            tx_id: 100_000,
+            commit_micros: now.timestamp_micros(),
+        };
+        let created = now - chrono::Duration::hours(1);
+        let user_ids: Vec<Uuid> = (0..users).map(|_| Uuid::new_v4()).collect();
+        let order_ids: Vec<Uuid> = (0..orders).map(|_| Uuid::new_v4()).collect();
+        let owner = |n: usize| user_ids[n % users];
+        let amount = |n: usize| &templates.amounts[n % templates.amounts.len()];
+        let mut records = Vec::with_capacity(2 * users + 3 * orders);
+        let mut push = |kind: EntityKind, (key, payload): (String, Vec<u8>)| {
+            records.push(Record { kind, key, payload });
+        };
+        // Creates first (each user followed by its orders), then the updates, in WAL order.
+        for (n, id) in user_ids.iter().enumerate() {
+            let after = user_image(*id, n, n, 1, created);
+            push(
+                EntityKind::User,
+                envelope(&templates.user_c, *id, "c", None, &after, &at)?,
+            );
+            at.advance();
+            for (m, order) in order_ids.iter().enumerate().skip(n).step_by(users) {
+                let after = order_image(*order, *id, m, 1, created, amount(m));
+                push(
+                    EntityKind::Order,
+                    envelope(&templates.order_c, *order, "c", None, &after, &at)?,
+                );
+                at.advance();
+            }
+        }
+        for (n, id) in user_ids.iter().enumerate() {
+            let before = user_image(*id, n, n, 1, created);
+            let after = user_image(*id, n, n + 3, 2, created);
+            push(
+                EntityKind::User,
+                envelope(&templates.user_u, *id, "u", Some(&before), &after, &at)?,
+            );
+            at.advance();
+        }
+        for version in 2..=3 {
+            for (m, order) in order_ids.iter().enumerate() {
+                let before = order_image(*order, owner(m), m, version - 1, created, amount(m));
+                let after = order_image(*order, owner(m), m, version, created, amount(m));
+                push(
+                    EntityKind::Order,
+                    envelope(&templates.order_u, *order, "u", Some(&before), &after, &at)?,
+                );
+                at.advance();
+            }
+        }
+        // The writes cdcconsumer will derive, through its own decoder and planner.
+        let mut writes = Vec::new();
+        for record in &records {
+            let parsed = debezium::parse(Some(record.key.as_bytes()), Some(&record.payload))
+                .context("a built envelope does not parse")?;
+            match plan::plan(&parsed, DecimalMode::Precise).context("a built envelope")? {
+                Planned::Writes(plan) => {
+                    writes.extend(plan.writes.into_iter().map(|w| (w, plan.lsn)));
+                }
+                other => bail!("a built envelope planned as {other:?}"),
+            }
+        }
+        Ok(Self {
+            records,
+            writes,
+            user_changes: 2 * users,
+            order_changes: 3 * orders,
+            users,
+            orders,
+        })
+    }
+
+    /// (table, rows, sum of version) each table must hold afterwards.
+    fn expected(&self) -> [(&'static str, i64, i64); 3] {
+        let users = i64::try_from(self.users).unwrap_or(i64::MAX);
+        let orders = i64::try_from(self.orders).unwrap_or(i64::MAX);
+        [
+            ("users", users, 2 * users),
+            ("orders", orders, 3 * orders),
+            ("orders_by_user", orders, 3 * orders),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Variant {
+    /// The cdcconsumer binary.
+    Ours,
+    /// `Statements::execute` over every write, this many in flight.
+    Bare(usize),
+    /// `CdcHandler::handle` in this process on batches of `--max-batch` records per partition,
+    /// partitions in parallel: cdcconsumer without Kafka, the runtime and the process.
+    Handler,
+}
+
+impl Variant {
+    fn label(self, args: &CdcArgs, partitions: (i32, i32)) -> String {
+        match self {
+            Self::Ours => format!(
+                "cdcconsumer binary (ours), {} partitions × {} lanes",
+                partitions.0 + partitions.1,
+                args.lanes
+            ),
+            Self::Bare(in_flight) => {
+                format!("bare scylla loop, Statements::execute, {in_flight} in flight")
+            }
+            Self::Handler => "  CdcHandler in-process, same batches, no Kafka".to_owned(),
+        }
+    }
+}
+
+/// One measured write-rate run.
+#[derive(Debug, Clone)]
+pub(super) struct RateSample {
+    round: u32,
+    seconds: f64,
+    /// cdcconsumer: spawn → last change applied.
+    wall: Option<f64>,
+    peak_rss_kib: Option<u64>,
+    /// CPU time: cdcconsumer's whole process (start-up included); in-process variants, this
+    /// process during the timed part.
+    cpu_seconds: Option<f64>,
+    summary: Option<String>,
+    /// cdcconsumer's warnings and errors (it runs at `--log-level warn`): count and the last.
+    warnings: Option<(usize, String)>,
+    /// cdcconsumer's batches: how many, and their summed duration (s).
+    batches: Option<(f64, f64)>,
+    busy_before: Option<f64>,
+}
+
+#[derive(Debug)]
+pub(super) struct WriteRate {
+    changes: usize,
+    writes: usize,
+    user_changes: usize,
+    order_changes: usize,
+    partitions: (i32, i32),
+    variants: Vec<Variant>,
+    /// Samples per index into `variants`.
+    samples: BTreeMap<usize, Vec<RateSample>>,
+    fill_seconds: f64,
+}
+
+impl WriteRate {
+    fn of(&self, variant: Variant) -> &[RateSample] {
+        self.variants
+            .iter()
+            .position(|v| *v == variant)
+            .and_then(|i| self.samples.get(&i))
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+pub(super) async fn write_rate(
+    ctx: &BenchContext,
+    args: &CdcArgs,
+    launcher: &Launcher<'_>,
+    control: &Session,
+    consistency: Consistency,
+    partitions: (i32, i32),
+    cleanup: &mut Cleanup,
+) -> Result<WriteRate> {
+    let stream = RateStream::build(args.users, args.orders)?;
+    let users_topic = unique_name("bench_cdc_users");
+    let orders_topic = unique_name("bench_cdc_orders");
+    let rf = args.replication_factor;
+    let specs = [
+        TopicSpec::new(&users_topic, partitions.0, rf),
+        TopicSpec::new(&orders_topic, partitions.1, rf),
+        TopicSpec::new(cdc_core::dlq::topic_for(&users_topic), 1, rf),
+        TopicSpec::new(cdc_core::dlq::topic_for(&orders_topic), 1, rf),
+    ];
+    cleanup
+        .topics
+        .extend(specs.iter().map(|spec| spec.name.clone()));
+    create_topics(&ctx.brokers, &specs).await?;
+    let producer_config = producer::send::client_config(ctx.kafka.client_config());
+    let records = stream.records.clone();
+    let (u, o) = (users_topic.clone(), orders_topic.clone());
+    let timeout = args.run_timeout();
+    let fill =
+        tokio::task::spawn_blocking(move || send_all(&producer_config, &records, &u, &o, timeout))
+            .await??;
+    tracing::info!(
+        changes = stream.changes(),
+        writes = stream.writes.len(),
+        seconds = fill.as_secs_f64(),
+        "wrote the Debezium envelopes to the scratch topics"
+    );
+
+    let topics = [users_topic, orders_topic];
+    let in_flight = usize::try_from(partitions.0 + partitions.1)? * args.lanes;
+    let mut variants = vec![Variant::Ours, Variant::Bare(in_flight)];
+    let mut partitioned = Vec::new();
+    if args.breakdown {
+        variants.push(Variant::Handler);
+        // Once the users partitions are done, only the orders partitions are writing.
+        variants.push(Variant::Bare(usize::try_from(partitions.1)? * args.lanes));
+        partitioned = partition_records(&stream.records, &topics, partitions)?;
+    }
+    let mut samples: BTreeMap<usize, Vec<RateSample>> = BTreeMap::new();
+    for round in 0..args.runs {
+        // Rotate the order every round so no variant always runs first.
+        let n = variants.len();
+        for i in 0..n {
+            let index = (i + round as usize) % n;
+            let variant = variants[index];
+            let label = variant.label(args, partitions);
+            let keyspace = unique_name("bench_cdc_ks");
+            cleanup.keyspaces.push(keyspace.clone());
+            create_keyspace(control, &args.cassandra_nodes, &keyspace).await?;
+            let busy_before = wait_until_quiet(args.quiet_wait()).await;
+            let sample = match variant {
+                Variant::Ours => {
+                    run_ours(
+                        launcher,
+                        &topics,
+                        &keyspace,
+                        stream.changes(),
+                        args,
+                        cleanup,
+                    )
+                    .await
+                }
+                Variant::Bare(in_flight) => {
+                    run_bare(args, &keyspace, consistency, &stream.writes, in_flight).await
+                }
+                Variant::Handler => {
+                    run_handler(args, &ctx.kafka, &keyspace, consistency, &partitioned).await
+                }
+            }
+            .with_context(|| format!("round {}: {label}", round + 1))?;
+            let sample = RateSample {
+                round,
+                busy_before,
+                ..sample
+            };
+            check_rows(control, &keyspace, consistency, &stream)
+                .await
+                .with_context(|| format!("round {}: {label}", round + 1))?;
+            drop_keyspace(control, &keyspace).await?;
+            cleanup.keyspaces.retain(|k| *k != keyspace);
+            tracing::info!(
+                round = round + 1,
+                variant = label,
+                seconds = format!("{:.3}", sample.seconds),
+                changes_per_sec = format!("{:.0}", stream.changes() as f64 / sample.seconds),
+                "measured"
+            );
+            samples.entry(index).or_default().push(sample);
+        }
+    }
+    Ok(WriteRate {
+        changes: stream.changes(),
+        writes: stream.writes.len(),
+        user_changes: stream.user_changes,
+        order_changes: stream.order_changes,
+        partitions,
+        variants,
+        samples,
+        fill_seconds: fill.as_secs_f64(),
+    })
+}
+
+/// The records as the partitions of the two topics would hold them (by a hash of the key, in
+/// stream order within a partition).
+pub(super) fn partition_records(
+    records: &[Record],
+    topics: &[String; 2],
+    partitions: (i32, i32),
+) -> Result<Vec<Vec<OwnedMessage>>> {
+    let counts = [partitions.0, partitions.1];
+    let mut queues: Vec<Vec<OwnedMessage>> =
+        vec![Vec::new(); usize::try_from(partitions.0 + partitions.1)?];
+    for record in records {
+        let table = match record.kind {
+            EntityKind::User => 0,
+            EntityKind::Order => 1,
+        };
+        let mut hasher = DefaultHasher::new();
+        record.key.hash(&mut hasher);
+        let partition = i32::try_from(hasher.finish() % u64::try_from(counts[table])?)?;
+        let queue = usize::try_from(if table == 0 {
+            partition
+        } else {
+            partitions.0 + partition
+        })?;
+        let offset = i64::try_from(queues[queue].len())?;
+        queues[queue].push(OwnedMessage::new(
+            Some(record.payload.clone()),
+            Some(record.key.clone().into_bytes()),
+            topics[table].clone(),
+            Timestamp::NotAvailable,
+            partition,
+            offset,
+            None,
+        ));
+    }
+    Ok(queues)
+}
+
+pub(super) async fn run_ours(
+    launcher: &Launcher<'_>,
+    topics: &[String],
+    keyspace: &str,
+    changes: usize,
+    args: &CdcArgs,
+    cleanup: &mut Cleanup,
+) -> Result<RateSample> {
+    let group = unique_name("bench_cdc_group");
+    cleanup.groups.push(group.clone());
+    let metrics_addr = free_metrics_addr()?;
+    let command = launcher.command(
+        topics,
+        &group,
+        keyspace,
+        args.idle_timeout_secs,
+        &metrics_addr,
+    );
+    let spawned = Instant::now();
+    let mut subject = Subject::spawn(command)?;
+    let total = u64::try_from(changes)?;
+    let mut last_idle = spawned;
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (done, batches) = loop {
+        tick.tick().await;
+        let asked = Instant::now();
+        let text = scrape(&metrics_addr).await.unwrap_or_default();
+        let counts = Counts::parse(&text);
+        if counts.consumed == 0 {
+            last_idle = asked;
+        }
+        if counts.applied >= total {
+            let batches = (
+                metric_sum(&text, "cdc_batch_duration_seconds_count"),
+                metric_sum(&text, "cdc_batch_duration_seconds_sum"),
+            );
+            break (Instant::now(), batches);
+        }
+        if counts.dead_lettered > 0 {
+            let stderr = subject.kill().await;
+            bail!(
+                "cdcconsumer dead-lettered {} records of a valid stream:\n{stderr}",
+                counts.dead_lettered
+            );
+        }
+        if subject.child.try_wait()?.is_some() || spawned.elapsed() > args.run_timeout() {
+            let stderr = subject.kill().await;
+            bail!(
+                "cdcconsumer stopped (or ran out of time) at {counts:?} of {total} changes:\n{stderr}"
+            );
+        }
+    };
+    let finished = subject
+        .finish(Duration::from_secs(args.idle_timeout_secs + 60))
+        .await?;
+    ensure!(
+        finished.status.success(),
+        "cdcconsumer exited with {}:\n{}",
+        finished.status,
+        tail(&finished.stderr, 40)
+    );
+    Ok(RateSample {
+        round: 0,
+        seconds: done.duration_since(last_idle).as_secs_f64(),
+        wall: Some(done.duration_since(spawned).as_secs_f64()),
+        peak_rss_kib: finished.peak_rss_kib,
+        cpu_seconds: finished.cpu_seconds,
+        summary: Some(summary_lines(&finished.stdout)),
+        warnings: Some(warnings(&finished.stderr)),
+        batches: Some(batches),
+        busy_before: None,
+    })
+}
+
+pub(super) async fn run_bare(
+    args: &CdcArgs,
+    keyspace: &str,
+    consistency: Consistency,
+    writes: &[(Write, i64)],
+    in_flight: usize,
+) -> Result<RateSample> {
+    let session = cassandra::connect(&args.cassandra_nodes).await?;
+    let statements = retry_schema("preparing the sink's statements", || {
+        Statements::prepare(&session, keyspace, consistency)
+    })
+    .await?;
+    let cpu_before = cpu_seconds("self");
+    let started = Instant::now();
+    stream::iter(writes)
+        .map(|(write, ts)| statements.execute(&session, write, *ts))
+        .buffer_unordered(in_flight)
+        .try_for_each(|()| futures::future::ready(Ok(())))
+        .await
+        .context("a bare write failed")?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(RateSample {
+        round: 0,
+        seconds,
+        wall: None,
+        peak_rss_kib: None,
+        cpu_seconds: cpu_seconds("self").zip(cpu_before).map(|(a, b)| a - b),
+        summary: None,
+        warnings: None,
+        batches: None,
+        busy_before: None,
+    })
+}
+
+pub(super) async fn run_handler(
+    args: &CdcArgs,
+    kafka: &KafkaArgs,
+    keyspace: &str,
+    consistency: Consistency,
+    partitioned: &[Vec<OwnedMessage>],
+) -> Result<RateSample> {
+    let session = cassandra::connect(&args.cassandra_nodes).await?;
+    let statements = retry_schema("preparing the sink's statements", || {
+        Statements::prepare(&session, keyspace, consistency)
+    })
+    .await?;
+    let metrics = Metrics::default();
+    let handler = Arc::new(CdcHandler {
+        session: Arc::new(session),
+        statements,
+        dlq: cdc_core::dlq::producer(kafka.client_config())?,
+        cdc_metrics: CdcMetrics::register(&metrics),
+        metrics: metrics.clone(),
+        lanes: args.lanes,
+        gates: KeyGates::default(),
+        decimals: DecimalMode::Precise,
+        give_up_after: cdc_core::retry::DEFAULT_GIVE_UP_AFTER,
+    });
+    let cancel = CancellationToken::new();
+    let cpu_before = cpu_seconds("self");
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for queue in partitioned {
+        let (handler, cancel, queue) = (Arc::clone(&handler), cancel.clone(), queue.clone());
+        let (max_batch, depth) = (args.max_batch, usize::from(args.pipeline));
+        tasks.spawn(async move {
+            // As the runtime does: up to `depth` batches in flight, started in order.
+            let mut in_flight = FuturesOrdered::new();
+            for batch in queue.chunks(max_batch) {
+                if in_flight.len() >= depth {
+                    finish_batch(in_flight.next().await)?;
+                }
+                in_flight.push_back(start_batch(&handler, batch.to_vec(), &cancel).await);
+            }
+            while let Some(outcome) = in_flight.next().await {
+                finish_batch(Some(outcome))?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds("self").zip(cpu_before).map(|(a, b)| a - b);
+    let counts = Counts::parse(&metrics.render());
+    ensure!(
+        counts.dead_lettered == 0,
+        "the handler dead-lettered {} records",
+        counts.dead_lettered
+    );
+    Ok(RateSample {
+        round: 0,
+        seconds,
+        wall: None,
+        peak_rss_kib: None,
+        cpu_seconds: cpu,
+        summary: None,
+        warnings: None,
+        batches: None,
+        busy_before: None,
+    })
+}
+
+pub(super) fn finish_batch(outcome: Option<BatchOutcome>) -> Result<()> {
+    match outcome {
+        Some((Ok(()), _)) => Ok(()),
+        _ => bail!("the handler gave up on a batch"),
+    }
+}
+
+/// Every table holds every row at its final version (count and sum of `version`).
+pub(super) async fn check_rows(
+    session: &Session,
+    keyspace: &str,
+    consistency: Consistency,
+    stream: &RateStream,
+) -> Result<()> {
+    for (table, rows, versions) in stream.expected() {
+        let mut statement = Statement::new(format!(
+            "SELECT count(*), sum(version) FROM {keyspace}.{table}"
+        ));
+        statement.set_consistency(consistency);
+        statement.set_request_timeout(Some(Duration::from_secs(60)));
+        let result = session
+            .query_unpaged(statement, ())
+            .await?
+            .into_rows_result()?;
+        let found = result.maybe_first_row::<(i64, Option<i64>)>()?;
+        let (count, sum) = found.map_or((0, None), |(c, s)| (c, s));
+        ensure!(
+            count == rows && sum == Some(versions),
+            "{keyspace}.{table}: {count} rows with versions summing to {sum:?}, expected {rows} \
+             rows summing to {versions}"
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn report_write_rate(args: &CdcArgs, rate: &WriteRate) {
+    let changes = rate.changes as f64;
+    let writes = rate.writes as f64;
+    let seconds = |samples: &[RateSample]| -> f64 {
+        median(&samples.iter().map(|s| s.seconds).collect::<Vec<_>>())
+    };
+    let in_flight =
+        usize::try_from(rate.partitions.0 + rate.partitions.1).unwrap_or(0) * args.lanes;
+    let ours = rate.of(Variant::Ours);
+    let bare = rate.of(Variant::Bare(in_flight));
+    let reference = seconds(bare);
+    println!();
+    println!(
+        "1. write rate: {} changes ({} users c+u on {} partitions, {} orders c+u+u on {} \
+         partitions) = {} CQL writes into an empty scratch keyspace; median of {} runs, \
+         order rotating",
+        rate.changes,
+        rate.user_changes,
+        rate.partitions.0,
+        rate.order_changes,
+        rate.partitions.1,
+        rate.writes,
+        args.runs
+    );
+    println!(
+        "   cdcconsumer timed from its last /metrics poll with nothing consumed to the first with \
+         every change applied (polled every {} ms); in-process variants from their first write to \
+         the last acknowledgement",
+        PROGRESS_EVERY.as_millis()
+    );
+    println!(
+        "   CPU s: user + system CPU time (median); cdcconsumer's whole process, start-up and idle \
+         wait included; in-process variants, this process while timed (scylla driver included)"
+    );
+    println!();
+    println!(
+        "{:<58} {:>9} {:>12} {:>11} {:>9} {:>7}   runs (s)",
+        "variant", "seconds", "changes/s", "writes/s", "vs bare", "CPU s"
+    );
+    for (index, variant) in rate.variants.iter().enumerate() {
+        let samples = rate.samples.get(&index).map_or(&[][..], Vec::as_slice);
+        let median_seconds = seconds(samples);
+        let each: Vec<String> = samples
+            .iter()
+            .map(|s| format!("{:.2}", s.seconds))
+            .collect();
+        let cpu: Vec<f64> = samples.iter().filter_map(|s| s.cpu_seconds).collect();
+        println!(
+            "{:<58} {:>9.3} {:>12.0} {:>11.0} {:>8.2}x {:>7.2}   {}",
+            variant.label(args, rate.partitions),
+            median_seconds,
+            changes / median_seconds,
+            writes / median_seconds,
+            reference / median_seconds,
+            median(&cpu),
+            each.join(" ")
+        );
+    }
+    let per_round: Vec<String> = ours
+        .iter()
+        .filter_map(|o| {
+            let b = bare.iter().find(|b| b.round == o.round)?;
+            Some(format!("{:.2}x", b.seconds / o.seconds))
+        })
+        .collect();
+    println!();
+    println!(
+        "   ours / bare per round: {} (target ≥ 0.80x)",
+        per_round.join(" ")
+    );
+    let walls: Vec<f64> = ours.iter().filter_map(|s| s.wall).collect();
+    println!(
+        "   cdcconsumer spawn → last change applied (start-up included): median {:.2} s",
+        median(&walls)
+    );
+    let batches: Vec<String> = ours
+        .iter()
+        .filter_map(|s| s.batches)
+        .map(|(count, sum)| format!("{count:.0} × {:.0} ms", 1000.0 * sum / count.max(1.0)))
+        .collect();
+    println!(
+        "   cdcconsumer batches per run (count × mean duration; partitions work in parallel): {}",
+        batches.join(", ")
+    );
+    let rss: Vec<f64> = ours
+        .iter()
+        .filter_map(|s| s.peak_rss_kib.map(mib))
+        .collect();
+    println!(
+        "   cdcconsumer peak RSS at full speed (VmHWM, sampled every {} ms): median {:.1} MiB, max \
+         {:.1} MiB",
+        SAMPLE_EVERY.as_millis(),
+        median(&rss),
+        rss.iter().copied().fold(f64::NAN, f64::max)
+    );
+    if let Some(summary) = ours.last().and_then(|s| s.summary.as_deref()) {
+        println!("   cdcconsumer's own summary (last run): {summary}");
+    }
+    let logged: Vec<String> = ours
+        .iter()
+        .filter_map(|s| s.warnings.as_ref().map(|(n, _)| n.to_string()))
+        .collect();
+    println!(
+        "   cdcconsumer warnings/errors logged per run: {}",
+        logged.join(" ")
+    );
+    if let Some((_, last)) = ours
+        .iter()
+        .filter_map(|s| s.warnings.as_ref())
+        .rfind(|(n, _)| *n > 0)
+    {
+        println!("     last: {last}");
+    }
+    let busy: Vec<String> = rate
+        .samples
+        .values()
+        .flatten()
+        .filter_map(|s| s.busy_before.map(|b| format!("{:.0}", b * 100.0)))
+        .collect();
+    println!(
+        "   CPU busy % in the second before each run: {}; filling the topics took {:.2} s",
+        busy.join(" "),
+        rate.fill_seconds
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_plans_every_change_with_rising_lsn() {
+        let stream = RateStream::build(3, 7).expect("stream");
+        assert_eq!(stream.records.len(), 3 * 2 + 7 * 3);
+        assert_eq!(stream.changes(), stream.records.len());
+        // Users: one write per change; orders: orders and orders_by_user.
+        assert_eq!(stream.writes.len(), 3 * 2 + 7 * 3 * 2);
+        let lsns: Vec<i64> = stream.writes.iter().map(|(_, lsn)| *lsn).collect();
+        assert!(lsns.windows(2).all(|w| w[0] <= w[1]));
+        let final_versions: i64 = stream
+            .writes
+            .iter()
+            .filter(|(w, _)| w.table().name == tables::ORDERS.name)
+            .filter_map(|(w, _)| w.cell("version").cloned())
+            .filter_map(|v| v.value())
+            .filter(|v| *v == CqlValue::BigInt(3))
+            .count()
+            .try_into()
+            .expect("count");
+        assert_eq!(final_versions, 7);
+    }
+}

@@ -1,0 +1,468 @@
+//! The Cassandra side of the pipeline: connecting, applying `cassandra-schema.cql`, and the
+//! prepared statements cdcconsumer writes with.
+//!
+//! Every write and delete carries `USING TIMESTAMP <source LSN>`: a change's position in
+//! PostgreSQL's write-ahead log. Changes of one row are logged in commit order (a row lock orders
+//! concurrent writers), so the highest LSN is the newest state, and Cassandra's
+//! last-write-wins-by-timestamp makes any replay, duplicate or reordering converge to it — no
+//! lightweight transactions needed. Consequences: `WRITETIME(col)` reads as the LSN, a write made
+//! by another client with a wall-clock timestamp would always win, and a freshly initialised
+//! PostgreSQL cluster (whose LSNs start low again) needs empty tables here.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cdc_core::debezium::Field;
+use cdc_core::retry::Classify;
+use cdc_core::tables::{self, Table};
+use futures::TryStreamExt;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{DbError, ExecutionError, NewSessionError, PrepareError, RequestAttemptError};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::unprepared::Statement;
+use scylla::statement::Consistency;
+use scylla::value::{CqlValue, MaybeUnset, Row};
+
+use crate::handler::plan::{Col, Write};
+
+/// The keyspace and tables, applied at start (idempotent).
+pub const SCHEMA: &str = include_str!("../../../cassandra-schema.cql");
+
+fn bind(col: &Col) -> MaybeUnset<Option<CqlValue>> {
+    match col {
+        Field::Unavailable => MaybeUnset::Unset,
+        Field::Null => MaybeUnset::Set(None),
+        Field::Value(v) => MaybeUnset::Set(Some(v.clone())),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CassandraError {
+    #[error("cannot connect to Cassandra: {0}")]
+    Connect(#[from] NewSessionError),
+    #[error("cannot prepare a statement: {0}")]
+    Prepare(#[from] PrepareError),
+    #[error("Cassandra request failed: {0}")]
+    Execute(#[from] ExecutionError),
+    #[error("Cassandra query failed: {0}")]
+    Page(#[from] scylla::errors::PagerExecutionError),
+    #[error("reading rows from Cassandra failed: {0}")]
+    Read(String),
+    #[error("Cassandra did not reach schema agreement: {0}")]
+    Schema(String),
+}
+
+impl CassandraError {
+    /// Whether the value written caused the failure, so that retrying can never help: it cannot be
+    /// serialised for its column, or Cassandra refuses the mutation as too large. Everything else —
+    /// timeouts, unavailable replicas, overload, broken connections, a missing table or keyspace,
+    /// missing permissions — is the cluster's or the operator's, and a record is never parked for it.
+    pub fn is_record_fault(&self) -> bool {
+        match self {
+            Self::Execute(ExecutionError::LastAttemptError(
+                RequestAttemptError::SerializationError(_),
+            )) => true,
+            Self::Execute(ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+                DbError::Invalid,
+                message,
+            ))) => message.contains("too large"),
+            _ => false,
+        }
+    }
+}
+
+impl Classify for CassandraError {
+    /// Everything that is not the written value's own fault may pass, or be fixed while the
+    /// partition waits: it is retried, and past the retry budget the worker gives up visibly.
+    fn is_transient(&self) -> bool {
+        !self.is_record_fault()
+    }
+}
+
+/// Where the Cassandra cluster is and how to write to it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CassandraArgs {
+    /// Contact points, comma-separated host:port (any of the cluster's nodes).
+    #[arg(
+        long,
+        env = "CASSANDRA_NODES",
+        default_value = "127.0.0.1:9042,127.0.0.2:9043,127.0.0.3:9044",
+        value_delimiter = ','
+    )]
+    pub cassandra_nodes: Vec<String>,
+    #[arg(long, env = "CASSANDRA_KEYSPACE", default_value = "cdc_keyspace")]
+    pub keyspace: String,
+    /// Consistency level of every write and read: one, quorum, all, local_quorum, …
+    #[arg(long, env = "CASSANDRA_CONSISTENCY", default_value = "quorum", value_parser = parse_consistency)]
+    pub consistency: Consistency,
+}
+
+/// Parses `one`, `quorum`, `all`, `local_quorum`, … (case-insensitive).
+pub fn parse_consistency(text: &str) -> Result<Consistency, String> {
+    Ok(match text.to_ascii_lowercase().as_str() {
+        "one" => Consistency::One,
+        "two" => Consistency::Two,
+        "three" => Consistency::Three,
+        "quorum" => Consistency::Quorum,
+        "all" => Consistency::All,
+        "local_quorum" => Consistency::LocalQuorum,
+        "each_quorum" => Consistency::EachQuorum,
+        "local_one" => Consistency::LocalOne,
+        other => return Err(format!("unknown consistency level `{other}`")),
+    })
+}
+
+/// Opens a session to `nodes` (`host:port`, any of the cluster's nodes).
+pub async fn connect(nodes: &[String]) -> Result<Session, CassandraError> {
+    let mut builder = SessionBuilder::new()
+        .known_nodes(nodes)
+        .connection_timeout(Duration::from_secs(10));
+    if let Some(translator) = port_translator(nodes) {
+        builder = builder.address_translator(Arc::new(translator));
+    }
+    Ok(builder.build().await?)
+}
+
+/// Nodes that share one host but listen on different native ports (the local stack: 127.0.0.1:9042,
+/// 127.0.0.2:9043, 127.0.0.3:9044) are announced by `system.peers` with their address only, and the
+/// driver assumes the port of the node it asked — so it would reach just that node. When the contact
+/// points are addresses with differing ports, map every (address, any of those ports) to the node's
+/// own port; every node must then be listed. `None` in the usual case of one port for all.
+fn port_translator(nodes: &[String]) -> Option<HashMap<SocketAddr, SocketAddr>> {
+    let addresses: Vec<SocketAddr> = nodes
+        .iter()
+        .map(|n| n.trim().parse().ok())
+        .collect::<Option<_>>()?;
+    let ports: BTreeSet<u16> = addresses.iter().map(SocketAddr::port).collect();
+    if ports.len() < 2 {
+        return None;
+    }
+    let mut rules = HashMap::new();
+    for node in &addresses {
+        for port in &ports {
+            rules.insert(SocketAddr::new(node.ip(), *port), *node);
+        }
+    }
+    Some(rules)
+}
+
+/// The statements of a CQL script: `--` comment lines dropped first (they may contain `;`), then
+/// split at `;`.
+fn statements(script: &str) -> Vec<String> {
+    let code: Vec<&str> = script
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .collect();
+    code.join("\n")
+        .split(';')
+        .map(|statement| statement.trim().to_owned())
+        .filter(|statement| !statement.is_empty())
+        .collect()
+}
+
+/// Applies [`SCHEMA`] with the keyspace renamed to `keyspace`, and waits for schema agreement.
+pub async fn apply_schema(session: &Session, keyspace: &str) -> Result<(), CassandraError> {
+    for text in statements(SCHEMA) {
+        let text = text.replace("cdc_keyspace", keyspace);
+        let mut statement = Statement::new(text);
+        statement.set_request_timeout(Some(Duration::from_secs(60)));
+        session.query_unpaged(statement, ()).await?;
+    }
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(|e| CassandraError::Schema(e.to_string()))?;
+    Ok(())
+}
+
+/// The prepared statements of one mirrored table.
+#[derive(Debug, Clone)]
+struct TableStatements {
+    table: &'static Table,
+    upsert: PreparedStatement,
+    delete: PreparedStatement,
+    /// The key columns of every row in a token range.
+    keys: PreparedStatement,
+}
+
+/// The prepared statements of the sink, at one consistency level, built from the tables'
+/// description: every statement carries `USING TIMESTAMP ?`.
+#[derive(Debug, Clone)]
+pub struct Statements {
+    tables: Vec<TableStatements>,
+    set_truncation: PreparedStatement,
+    truncations: PreparedStatement,
+}
+
+/// `a = ? AND b = ?` over the key columns.
+fn key_condition(table: &Table) -> String {
+    table
+        .key
+        .iter()
+        .map(|name| format!("{name} = ?"))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+impl Statements {
+    pub async fn prepare(
+        session: &Session,
+        keyspace: &str,
+        consistency: Consistency,
+    ) -> Result<Self, CassandraError> {
+        let prepare = |text: String| async move {
+            let mut statement = session.prepare(text).await?;
+            statement.set_consistency(consistency);
+            // Every statement carries its own timestamp: running it twice is running it once.
+            statement.set_is_idempotent(true);
+            statement.set_request_timeout(Some(Duration::from_secs(10)));
+            Ok::<_, CassandraError>(statement)
+        };
+        let mut prepared = Vec::new();
+        for table in tables::MIRRORED {
+            let name = table.name;
+            let marks = vec!["?"; table.columns.len()].join(", ");
+            let partition_key = table.key.first().copied().unwrap_or("id");
+            prepared.push(TableStatements {
+                table,
+                upsert: prepare(format!(
+                    "INSERT INTO {keyspace}.{name} ({}) VALUES ({marks}) USING TIMESTAMP ?",
+                    table.column_list()
+                ))
+                .await?,
+                delete: prepare(format!(
+                    "DELETE FROM {keyspace}.{name} USING TIMESTAMP ? WHERE {}",
+                    key_condition(table)
+                ))
+                .await?,
+                keys: prepare(format!(
+                    "SELECT {} FROM {keyspace}.{name} \
+                     WHERE token({partition_key}) >= ? AND token({partition_key}) <= ?",
+                    table.key.join(", ")
+                ))
+                .await?,
+            });
+        }
+        Ok(Self {
+            tables: prepared,
+            set_truncation: prepare(format!(
+                "INSERT INTO {keyspace}.truncations (table_name, lsn) VALUES (?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            truncations: prepare(format!(
+                "SELECT table_name, lsn FROM {keyspace}.truncations"
+            ))
+            .await?,
+        })
+    }
+
+    fn of(&self, table: &Table) -> Option<&TableStatements> {
+        self.tables.iter().find(|t| t.table.name == table.name)
+    }
+
+    /// Executes `write` with write timestamp `ts`.
+    pub async fn execute(
+        &self,
+        session: &Session,
+        write: &Write,
+        ts: i64,
+    ) -> Result<(), CassandraError> {
+        let statements = self.of(write.table()).ok_or_else(|| {
+            CassandraError::Read(format!("no statements for {}", write.table().name))
+        })?;
+        match write {
+            Write::Upsert { cells, .. } => {
+                let mut values: Vec<MaybeUnset<Option<CqlValue>>> =
+                    cells.iter().map(bind).collect();
+                values.push(MaybeUnset::Set(Some(CqlValue::BigInt(ts))));
+                session.execute_unpaged(&statements.upsert, values).await?;
+            }
+            Write::Delete { key, .. } => {
+                let mut values = Vec::with_capacity(key.len() + 1);
+                values.push(CqlValue::BigInt(ts));
+                values.extend(key.iter().cloned());
+                session.execute_unpaged(&statements.delete, values).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that `table` was truncated at `lsn` (the highest such LSN wins).
+    pub async fn set_truncation(
+        &self,
+        session: &Session,
+        table: &Table,
+        lsn: i64,
+    ) -> Result<(), CassandraError> {
+        session
+            .execute_unpaged(&self.set_truncation, (table.name, lsn, lsn))
+            .await?;
+        Ok(())
+    }
+
+    /// The LSN of the latest truncation of each captured table (0 if never truncated).
+    pub async fn truncations(&self, session: &Session) -> Result<Truncations, CassandraError> {
+        let mut rows = session
+            .execute_iter(self.truncations.clone(), ())
+            .await?
+            .rows_stream::<(String, Option<i64>)>()
+            .map_err(|e| CassandraError::Read(e.to_string()))?;
+        let mut found = Truncations::default();
+        while let Some((name, lsn)) = rows
+            .try_next()
+            .await
+            .map_err(|e| CassandraError::Read(e.to_string()))?
+        {
+            if let Some(table) = tables::captured(&name) {
+                found.lsns.insert(table.name, lsn.unwrap_or(0));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every row Cassandra holds for the captured `table` (orders_by_user included for orders) as
+    /// a delete to run. Tables are read in [`SCAN_SLICES`] token ranges, so that no single read
+    /// walks past more tombstones than Cassandra allows (earlier deletes and truncations leave many).
+    pub async fn all_rows(
+        &self,
+        session: &Session,
+        table: &Table,
+    ) -> Result<Vec<Write>, CassandraError> {
+        let read = |e: scylla::errors::NextRowError| CassandraError::Read(e.to_string());
+        let type_check = |e: scylla::errors::TypeCheckError| CassandraError::Read(e.to_string());
+        let mut deletes = Vec::new();
+        for statements in self
+            .tables
+            .iter()
+            .filter(|t| source_of(t.table) == table.name)
+        {
+            for (low, high) in token_slices(SCAN_SLICES) {
+                let mut rows = session
+                    .execute_iter(statements.keys.clone(), (low, high))
+                    .await?
+                    .rows_stream::<Row>()
+                    .map_err(type_check)?;
+                while let Some(row) = rows.try_next().await.map_err(read)? {
+                    let key: Option<Vec<CqlValue>> = row.columns.into_iter().collect();
+                    if let Some(key) = key {
+                        deletes.push(Write::Delete {
+                            table: statements.table,
+                            key,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(deletes)
+    }
+}
+
+/// The captured table a mirrored table is filled from.
+fn source_of(mirrored: &Table) -> &'static str {
+    if mirrored.name == tables::ORDERS_BY_USER.name {
+        tables::ORDERS.name
+    } else {
+        mirrored.name
+    }
+}
+
+/// Token ranges a full-table scan is split into.
+pub const SCAN_SLICES: u32 = 256;
+
+/// `n` contiguous, inclusive ranges covering the Murmur3 token ring (`i64::MIN..=i64::MAX`).
+pub fn token_slices(n: u32) -> Vec<(i64, i64)> {
+    let n = i128::from(n.max(1));
+    let (min, max) = (i128::from(i64::MIN), i128::from(i64::MAX));
+    let width = (max - min + 1) / n;
+    (0..n)
+        .map(|i| {
+            let low = min + i * width;
+            let high = if i == n - 1 { max } else { low + width - 1 };
+            // Both ends lie within i64 by construction.
+            (
+                i64::try_from(low).unwrap_or(i64::MIN),
+                i64::try_from(high).unwrap_or(i64::MAX),
+            )
+        })
+        .collect()
+}
+
+/// The LSN of each captured table's latest truncation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Truncations {
+    lsns: std::collections::BTreeMap<&'static str, i64>,
+}
+
+impl Truncations {
+    /// The latest truncation of the captured `table` (0 if never truncated).
+    pub fn of(&self, table: &Table) -> i64 {
+        self.lsns.get(table.name).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_script_splits_into_statements() {
+        let all = statements(SCHEMA);
+        assert!(all[0].starts_with("CREATE KEYSPACE IF NOT EXISTS cdc_keyspace"));
+        assert!(all.iter().all(|s| !s.contains("--")));
+        assert!(all.iter().any(|s| s.contains("orders_by_user")));
+        assert!(all.iter().any(|s| s.contains("truncations")));
+    }
+
+    #[test]
+    fn nodes_on_one_host_with_their_own_ports_are_reachable() {
+        let nodes: Vec<String> = ["127.0.0.1:9042", "127.0.0.2:9043", "127.0.0.3:9044"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let rules = port_translator(&nodes).expect("rules");
+        let at = |s: &str| s.parse::<SocketAddr>().expect("address");
+        assert_eq!(
+            rules.get(&at("127.0.0.3:9042")),
+            Some(&at("127.0.0.3:9044"))
+        );
+        assert_eq!(
+            rules.get(&at("127.0.0.2:9044")),
+            Some(&at("127.0.0.2:9043"))
+        );
+        assert_eq!(
+            rules.get(&at("127.0.0.1:9042")),
+            Some(&at("127.0.0.1:9042"))
+        );
+        assert_eq!(rules.len(), 9);
+        let same_port: Vec<String> = vec!["10.0.0.1:9042".into(), "10.0.0.2:9042".into()];
+        assert!(port_translator(&same_port).is_none());
+        assert!(
+            port_translator(&["cassandra1:9042".to_owned(), "cassandra2:9043".to_owned()])
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn token_slices_cover_the_ring_without_gaps() {
+        for n in [1, 2, 3, 256] {
+            let slices = token_slices(n);
+            assert_eq!(slices.len(), n as usize);
+            assert_eq!(slices[0].0, i64::MIN);
+            assert_eq!(slices[slices.len() - 1].1, i64::MAX);
+            for pair in slices.windows(2) {
+                assert_eq!(pair[0].1 + 1, pair[1].0, "{n}");
+                assert!(pair[0].0 <= pair[0].1);
+            }
+        }
+    }
+
+    #[test]
+    fn consistency_names() {
+        assert_eq!(parse_consistency("QUORUM"), Ok(Consistency::Quorum));
+        assert_eq!(parse_consistency("all"), Ok(Consistency::All));
+        assert!(parse_consistency("most").is_err());
+    }
+}

@@ -1,0 +1,324 @@
+//! cdcconsumer's command line: the sink (no subcommand) and `verify`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use cdc_core::config::{KafkaArgs, LogArgs, PostgresArgs, RuntimeArgs};
+use cdc_core::debezium::DecimalMode;
+use cdc_core::metrics::Metrics;
+use cdc_core::runtime::{self, RunEnd};
+use cdc_core::topics::{ensure_topics_with, TopicSpec};
+use clap::{Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::cassandra::{self, CassandraArgs, Statements};
+use crate::handler::gates::KeyGates;
+use crate::handler::{self, CdcHandler, CdcMetrics};
+use crate::verify::{self, CompareOptions, GroupTopics, QuietOptions};
+
+/// Keeps Cassandra in sync with PostgreSQL from Debezium's change events.
+#[derive(Debug, clap::Parser)]
+#[command(name = "cdcconsumer", version, args_conflicts_with_subcommands = true)]
+pub struct Options {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Wait until the pipeline is quiet, then compare PostgreSQL with Cassandra row by row. Exit
+    /// status: 0 clean, 1 drift, 2 could not verify.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Decimals {
+    Precise,
+    String,
+    Double,
+}
+
+impl From<Decimals> for DecimalMode {
+    fn from(value: Decimals) -> Self {
+        match value {
+            Decimals::Precise => Self::Precise,
+            Decimals::String => Self::String,
+            Decimals::Double => Self::Double,
+        }
+    }
+}
+
+/// Where Kafka and Cassandra are, and how to log: the same for both commands.
+#[derive(Debug, clap::Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    pub cassandra: CassandraArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Debezium's topics for the users and orders tables.
+    #[arg(
+        long,
+        env = "CDC_TOPICS",
+        default_value = "cdc.public.users,cdc.public.orders",
+        value_delimiter = ','
+    )]
+    pub cdc_topics: Vec<String>,
+    #[arg(long, env = "CDC_GROUP", default_value = "cdc-cassandra-consumer")]
+    pub group: String,
+    /// Replication factor of the dead-letter topics created at start.
+    #[arg(long, env = "REPLICATION_FACTOR", default_value_t = 3)]
+    pub replication_factor: i32,
+    /// Keys written at once per batch (each key's changes stay in order).
+    #[arg(long, env = "LANES", default_value_t = 64)]
+    pub lanes: usize,
+    /// Batches of one partition in flight at once: the next batch is written while the previous
+    /// one finishes; a key's changes still go in order and offsets are stored in order.
+    #[arg(long, env = "PIPELINE", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub pipeline: u16,
+    /// How long a partition's worker waits for records not yet fetched once it has some; records
+    /// already fetched always join the batch, and batches grow on their own while earlier ones are
+    /// in flight, so 0 costs no batch size under load and adds no latency when records trickle in.
+    #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 0)]
+    pub batch_linger_ms: u64,
+    /// The connector's decimal.handling.mode (used for records without an embedded schema).
+    #[arg(
+        long,
+        env = "DECIMAL_HANDLING_MODE",
+        value_enum,
+        default_value = "precise"
+    )]
+    pub decimal_handling_mode: Decimals,
+    /// Apply cassandra-schema.cql at start.
+    #[arg(long, env = "APPLY_SCHEMA", default_value_t = true, action = clap::ArgAction::Set)]
+    pub apply_schema: bool,
+    /// Address of the metrics (`/metrics`) and health (`/livez`, `/readyz`) endpoint; empty to
+    /// disable.
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9465")]
+    pub metrics_addr: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
+    /// Consumer groups whose lag must be 0, as GROUP=TOPIC[+TOPIC...]; comma-separated.
+    #[arg(
+        long,
+        env = "VERIFY_GROUPS",
+        value_delimiter = ',',
+        default_value = "cdc-users-consumer=users,cdc-orders-consumer=orders,cdc-cassandra-consumer=cdc.public.users+cdc.public.orders"
+    )]
+    pub groups: Vec<String>,
+    /// Debezium's replication slot, which must be confirmed past the current WAL position; empty
+    /// to skip.
+    #[arg(long, env = "SLOT_NAME", default_value = "cdc_slot")]
+    pub slot: String,
+    /// How long to wait for the pipeline to be quiet; 0 compares at once.
+    #[arg(long, env = "QUIET_TIMEOUT_SECS", default_value_t = 120)]
+    pub quiet_timeout_secs: u64,
+    /// Differences shown per table.
+    #[arg(long, default_value_t = 5)]
+    pub examples: usize,
+}
+
+fn group_topics(text: &str) -> anyhow::Result<GroupTopics> {
+    let (group, topics) = text
+        .split_once('=')
+        .with_context(|| format!("`{text}` is not GROUP=TOPIC[+TOPIC...]"))?;
+    Ok(GroupTopics {
+        group: group.trim().to_owned(),
+        topics: topics.split('+').map(|t| t.trim().to_owned()).collect(),
+    })
+}
+
+/// Librdkafka settings cdcconsumer uses unless `--kafka-option` says otherwise.
+///
+/// Debezium's envelopes with embedded schemas are a few KiB each and compress very well:
+/// librdkafka keeps each decompressed fetch until its last record is consumed, so both the
+/// prefetch queue (64 MiB by default) and the compressed size of one partition's fetch (1 MiB by
+/// default, many times that once decompressed) are capped, or a backlog fills memory. At 512 KiB
+/// the write rate is unchanged; 256 KiB starved the partitions.
+const FETCH_DEFAULTS: &[(&str, &str)] = &[
+    ("queued.max.messages.kbytes", "2048"),
+    ("max.partition.fetch.bytes", "524288"),
+];
+
+/// Runs the sink until `shutdown` fires or the idle timeout passes, then prints one summary line
+/// per topic. Fails when consumption failed, ended with a stalled partition, or gave up.
+pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    tracing::info!(options = ?args, "starting cdcconsumer");
+    let mut config = args.common.kafka.client_config();
+    args.runtime
+        .check(&config)
+        .context("checking the options")?;
+    let specs: Vec<TopicSpec> = args
+        .cdc_topics
+        .iter()
+        .map(|topic| TopicSpec::new(cdc_core::dlq::topic_for(topic), 1, args.replication_factor))
+        .collect();
+    ensure_topics_with(&config, &specs, Duration::from_secs(30))
+        .await
+        .context("preparing the dead-letter topics")?;
+    let session = cassandra::connect(&args.common.cassandra.cassandra_nodes)
+        .await
+        .context("connecting to Cassandra")?;
+    if args.apply_schema {
+        cassandra::apply_schema(&session, &args.common.cassandra.keyspace)
+            .await
+            .context("applying cassandra-schema.cql")?;
+    }
+    let statements = Statements::prepare(
+        &session,
+        &args.common.cassandra.keyspace,
+        args.common.cassandra.consistency,
+    )
+    .await
+    .context("preparing statements")?;
+    let dlq = cdc_core::dlq::producer(args.common.kafka.client_config())
+        .context("creating the dead-letter producer")?;
+    let metrics = Metrics::default();
+    metrics.register_reasons(
+        args.cdc_topics.iter().map(String::as_str),
+        &handler::reasons(),
+    );
+    let cdc_metrics = CdcMetrics::register(&metrics);
+    metrics
+        .spawn_server(&args.metrics_addr, shutdown.clone())
+        .context("parsing --metrics-addr")?;
+    let handler = Arc::new(CdcHandler {
+        session: Arc::new(session),
+        statements,
+        dlq,
+        metrics: metrics.clone(),
+        cdc_metrics,
+        lanes: args.lanes,
+        gates: KeyGates::default(),
+        decimals: args.decimal_handling_mode.into(),
+        give_up_after: args.runtime.give_up_after,
+    });
+    config
+        .set("group.id", &args.group)
+        .set("auto.offset.reset", "earliest");
+    for (key, value) in FETCH_DEFAULTS {
+        if config.get(key).is_none() {
+            config.set(*key, *value);
+        }
+    }
+    let mut runtime_options = args.runtime.options();
+    runtime_options.batch_linger = Duration::from_millis(args.batch_linger_ms);
+    runtime_options.pipeline = usize::from(args.pipeline);
+    runtime_options.metrics = Some(metrics.clone());
+    let topics: Vec<&str> = args.cdc_topics.iter().map(String::as_str).collect();
+    metrics.set_ready(true);
+    let end = runtime::run(config, &topics, handler, runtime_options, shutdown).await;
+    metrics.set_ready(false);
+    for topic in &topics {
+        println!("cdcconsumer: topic={topic} {}", metrics.summary(topic));
+    }
+    match end.context("consuming the CDC topics")? {
+        RunEnd::Idle => tracing::info!("cdcconsumer finished: idle"),
+        RunEnd::Cancelled { stalled } if stalled.is_empty() => {
+            tracing::info!("cdcconsumer finished: stopped");
+        }
+        RunEnd::Cancelled { stalled } => {
+            tracing::error!(?stalled, "stopped with stalled partitions");
+            bail!("stopped with {} stalled partitions", stalled.len());
+        }
+        RunEnd::GaveUp {
+            topic,
+            partition,
+            why,
+        } => {
+            tracing::error!(topic, partition, error = %why, "gave up: a partition's worker ran out of restarts");
+            bail!("{topic}/{partition} could not make progress: {why}");
+        }
+    }
+    Ok(())
+}
+
+/// How `verify` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Cassandra agrees with PostgreSQL.
+    Clean,
+    /// Rows differ (the report says which).
+    Drift,
+}
+
+/// Waits until the pipeline is quiet (unless `--quiet-timeout-secs 0`), then compares and prints
+/// the report.
+pub async fn verify(args: VerifyArgs) -> anyhow::Result<Verdict> {
+    let groups = args
+        .groups
+        .iter()
+        .filter(|g| !g.trim().is_empty())
+        .map(|g| group_topics(g))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(args.postgres.database_url.expose())
+        .await
+        .context("connecting to PostgreSQL")?;
+    if args.quiet_timeout_secs > 0 {
+        let quiet = QuietOptions {
+            kafka: args.common.kafka.client_config(),
+            groups,
+            slot: (!args.slot.trim().is_empty()).then(|| args.slot.clone()),
+            timeout: Duration::from_secs(args.quiet_timeout_secs),
+        };
+        let report = verify::wait_quiet(&pool, &quiet)
+            .await
+            .context("waiting for the pipeline to be quiet")?;
+        tracing::info!(?report, "pipeline quiet");
+    }
+    let session = cassandra::connect(&args.common.cassandra.cassandra_nodes)
+        .await
+        .context("connecting to Cassandra")?;
+    let report = verify::compare(
+        &pool,
+        &session,
+        &CompareOptions {
+            keyspace: args.common.cassandra.keyspace.clone(),
+            consistency: args.common.cassandra.consistency,
+            max_examples: args.examples,
+            ..CompareOptions::default()
+        },
+    )
+    .await
+    .context("comparing PostgreSQL with Cassandra")?;
+    println!("{report}");
+    pool.close().await;
+    Ok(if report.is_clean() {
+        Verdict::Clean
+    } else {
+        Verdict::Drift
+    })
+}
+
+/// 0: clean, 1: drift, 2: could not verify (not quiet in time, a store unreachable).
+pub fn verify_exit_code(outcome: anyhow::Result<Verdict>) -> i32 {
+    match outcome {
+        Ok(Verdict::Clean) => 0,
+        Ok(Verdict::Drift) => 1,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            2
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! cdcconsumer's batch handler: Debezium change events from `cdc.public.users` and
+//! `cdc.public.orders` into Cassandra's users, orders and orders_by_user tables. One job per
+//! module:
+//!
+//! - [`plan`]: decoding and planning — a record becomes the mutations it implies, all stamped
+//!   `USING TIMESTAMP <source LSN>`, so replays, duplicates and reordering converge to PostgreSQL's
+//!   state without lightweight transactions.
+//! - [`gates`]: per-key ordering — one row's changes in source order, across the batches a
+//!   partition has in flight.
+//! - `write`: writing with retries and the same timestamp, up to `lanes` rows at once.
+//! - `truncate`: truncations, and undoing writes a truncation made obsolete.
+//!
+//! **Failures**: a failure that is not the record's own fault (write timeouts, unavailable
+//! replicas, broken connections, missing tables or permissions) is retried with the same
+//! timestamp; past the retry budget the batch gives up and the runtime stalls the partition
+//! visibly. An undecodable record, or one whose values Cassandra refuses, is parked in
+//! `<topic>.dlq` and the partition moves on. The batch is durable — and its offsets may be
+//! stored — only when every record is written or parked.
+
+pub mod gates;
+pub mod plan;
+mod truncate;
+mod write;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cdc_core::debezium::DecimalMode;
+use cdc_core::dlq;
+use cdc_core::metrics::{Metrics, Tally, TopicLabels};
+use cdc_core::outcome::Interrupted;
+use cdc_core::runtime::BatchHandler;
+use cdc_core::tables::Table;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
+use scylla::client::session::Session;
+use tokio_util::sync::CancellationToken;
+
+use crate::cassandra::Statements;
+use gates::{chains_by_key, KeyGates, Turn};
+use plan::{plan_record, Plan, PlanError, Planned};
+
+/// A record whose values Cassandra refuses.
+pub const REJECTED_BY_CASSANDRA: &str = "rejected_by_cassandra";
+
+/// Every dead-letter reason of the CDC path.
+pub fn reasons() -> Vec<&'static str> {
+    let mut reasons = plan::REASONS.to_vec();
+    reasons.push(REJECTED_BY_CASSANDRA);
+    reasons
+}
+
+/// Metrics of cdcconsumer beyond the common ones.
+#[derive(Debug, Clone)]
+pub struct CdcMetrics {
+    /// Now − source commit time, observed when a change is written.
+    pub end_to_end_seconds: Family<TopicLabels, Histogram, fn() -> Histogram>,
+    /// The same for the latest change written, in milliseconds.
+    pub end_to_end_lag_ms: Family<TopicLabels, Gauge>,
+}
+
+fn lag_histogram() -> Histogram {
+    // 1 ms … ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl CdcMetrics {
+    pub fn register(metrics: &Metrics) -> Self {
+        let this = Self {
+            end_to_end_seconds: Family::new_with_constructor(lag_histogram),
+            end_to_end_lag_ms: Family::default(),
+        };
+        metrics.register(
+            "end_to_end_seconds",
+            "Source commit to Cassandra write, per change",
+            this.end_to_end_seconds.clone(),
+        );
+        metrics.register(
+            "end_to_end_lag_ms",
+            "Source commit to Cassandra write of the latest change",
+            this.end_to_end_lag_ms.clone(),
+        );
+        this
+    }
+}
+
+pub struct CdcHandler {
+    pub session: Arc<Session>,
+    pub statements: Statements,
+    pub dlq: FutureProducer,
+    pub metrics: Metrics,
+    pub cdc_metrics: CdcMetrics,
+    /// Keys written at once per batch (a partition has up to `pipeline` batches in flight).
+    pub lanes: usize,
+    /// The connector's `decimal.handling.mode`, for records without an embedded schema.
+    pub decimals: DecimalMode,
+    /// How long a failure that is not a record's fault is retried before the batch gives up.
+    pub give_up_after: Duration,
+    /// Per-key order across batches in flight; start with `KeyGates::default()`.
+    pub gates: KeyGates,
+}
+
+impl std::fmt::Debug for CdcHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CdcHandler")
+            .field("lanes", &self.lanes)
+            .field("decimals", &self.decimals)
+            .field("give_up_after", &self.give_up_after)
+            .finish_non_exhaustive()
+    }
+}
+
+fn micros_now() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// The changes of a batch between truncations, with a turn claimed for each key.
+struct Segment<'a> {
+    plans: Vec<(usize, Plan)>,
+    /// Per key: its turn and the positions of its plans in `plans`.
+    chains: Vec<(Turn<'a>, Vec<usize>)>,
+}
+
+/// One decoded part of a batch.
+enum Step<'a> {
+    Segment(Segment<'a>),
+    Truncate {
+        table: &'static Table,
+        lsn: i64,
+        commit_micros: i64,
+    },
+}
+
+/// A batch decoded and planned, its keys' turns claimed.
+struct Decoded<'a> {
+    steps: Vec<Step<'a>>,
+    /// Records that cannot be applied, with why.
+    refused: Vec<(usize, PlanError)>,
+    /// Records that need no write (tombstones).
+    nothing: usize,
+}
+
+impl CdcHandler {
+    /// Decodes and plans `batch` and claims its keys' turns; no `.await`, so batches claim in the
+    /// order the runtime starts them.
+    fn decode<'a>(&'a self, batch: &[OwnedMessage]) -> Decoded<'a> {
+        let mut decoded = Decoded {
+            steps: Vec::new(),
+            refused: Vec::new(),
+            nothing: 0,
+        };
+        let mut plans = Vec::new();
+        let close = |plans: Vec<(usize, Plan)>| {
+            let chains = chains_by_key(&plans)
+                .into_iter()
+                .map(|(key, chain)| (self.gates.claim(key), chain))
+                .collect();
+            Step::Segment(Segment { plans, chains })
+        };
+        for (index, message) in batch.iter().enumerate() {
+            match plan_record(message.key(), message.payload(), self.decimals) {
+                Ok(Planned::Writes(p)) => plans.push((index, p)),
+                Ok(Planned::Truncate {
+                    table,
+                    lsn,
+                    commit_micros,
+                }) => {
+                    decoded.steps.push(close(std::mem::take(&mut plans)));
+                    decoded.steps.push(Step::Truncate {
+                        table,
+                        lsn,
+                        commit_micros,
+                    });
+                }
+                Ok(Planned::Nothing) => decoded.nothing += 1,
+                Err(error) => decoded.refused.push((index, error)),
+            }
+        }
+        decoded.steps.push(close(plans));
+        decoded
+    }
+
+    async fn park(
+        &self,
+        message: &OwnedMessage,
+        reason: &'static str,
+        error: String,
+        tally: &mut Tally,
+        cancel: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        dlq::park_message(
+            &self.dlq,
+            message,
+            reason,
+            error,
+            self.give_up_after,
+            cancel,
+        )
+        .await?;
+        tally.parked.push(reason);
+        Ok(())
+    }
+
+    fn observe(&self, topic: &TopicLabels, commit_micros: i64) {
+        let lag_micros = micros_now().saturating_sub(commit_micros).max(0);
+        #[allow(clippy::cast_precision_loss)]
+        let seconds = lag_micros as f64 / 1e6;
+        self.cdc_metrics
+            .end_to_end_seconds
+            .get_or_create(topic)
+            .observe(seconds);
+        self.cdc_metrics
+            .end_to_end_lag_ms
+            .get_or_create(topic)
+            .set(lag_micros / 1000);
+    }
+}
+
+impl BatchHandler for CdcHandler {
+    async fn handle(
+        &self,
+        batch: &[OwnedMessage],
+        cancel: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let started = Instant::now();
+        // Before any `.await`: see `KeyGates`.
+        let decoded = self.decode(batch);
+        let topic = TopicLabels {
+            topic: batch
+                .first()
+                .map(|m| m.topic().to_owned())
+                .unwrap_or_default(),
+        };
+        let mut tally = Tally {
+            applied: decoded.nothing,
+            parked: Vec::new(),
+        };
+        // Observed only once the batch is durable (a batch handed over again counts once).
+        let mut written = Vec::new();
+        for (index, error) in decoded.refused {
+            let message = error.to_string();
+            self.park(&batch[index], error.reason(), message, &mut tally, cancel)
+                .await?;
+        }
+        for step in decoded.steps {
+            match step {
+                Step::Segment(segment) if segment.plans.is_empty() => {}
+                Step::Segment(Segment { plans, chains }) => {
+                    let refused = self.write_plans(&plans, chains, cancel).await?;
+                    self.settle_truncations(&plans, cancel).await?;
+                    let refused_at: BTreeSet<usize> = refused.iter().map(|(i, _)| *i).collect();
+                    for (index, error) in refused {
+                        self.park(
+                            &batch[index],
+                            REJECTED_BY_CASSANDRA,
+                            error.to_string(),
+                            &mut tally,
+                            cancel,
+                        )
+                        .await?;
+                    }
+                    for (index, plan) in &plans {
+                        if !refused_at.contains(index) {
+                            tally.applied += 1;
+                            written.push(plan.commit_micros);
+                        }
+                    }
+                }
+                Step::Truncate {
+                    table,
+                    lsn,
+                    commit_micros,
+                } => {
+                    self.truncate(table, lsn, cancel).await?;
+                    tally.applied += 1;
+                    written.push(commit_micros);
+                }
+            }
+        }
+        for commit_micros in written {
+            self.observe(&topic, commit_micros);
+        }
+        self.metrics.record_batch(batch, &tally, started.elapsed());
+        Ok(())
+    }
+}

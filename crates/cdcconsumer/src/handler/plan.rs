@@ -1,0 +1,604 @@
+//! Decoding and planning: one Debezium record → the Cassandra mutations it implies. Pure, so it is
+//! tested on captured envelopes without a database.
+//!
+//! Rows are built from the tables' one description ([`cdc_core::tables`]): every column of the
+//! captured table, in order, converted to the CQL value of its mirrored column. An unchanged TOAST
+//! column stays [`Field::Unavailable`] and is never written.
+
+use cdc_core::debezium::{
+    self, Cell, Change, DecimalMode, EnvelopeError, Field, Image, Op, Record,
+};
+use cdc_core::tables::{self, ColumnType, Table};
+use scylla::value::{CqlDate, CqlDecimal, CqlTimestamp, CqlValue};
+use uuid::Uuid;
+
+/// Every dead-letter reason of planning ([`PlanError::reason`]).
+pub const REASONS: &[&str] = &[
+    "undecodable",
+    "not_an_envelope",
+    "unknown_op",
+    "missing_image",
+    "missing_column",
+    "bad_value",
+    "no_position",
+    "unknown_table",
+];
+
+/// Why a change cannot be turned into writes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error("change without a source LSN: its place in PostgreSQL's history is unknown")]
+    NoPosition,
+    #[error("change of table `{0}`, which this sink does not mirror")]
+    UnknownTable(String),
+}
+
+impl PlanError {
+    pub const fn reason(&self) -> &'static str {
+        match self {
+            Self::Envelope(e) => e.reason(),
+            Self::NoPosition => "no_position",
+            Self::UnknownTable(_) => "unknown_table",
+        }
+    }
+}
+
+/// A column value to write: [`Field::Unavailable`] (an unchanged TOAST column) leaves the stored
+/// cell as it is, [`Field::Null`] writes a null.
+pub type Col = Field<CqlValue>;
+
+/// One Cassandra mutation, stamped with the source position of the change that caused it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Every column of `table`, in the description's order.
+    Upsert {
+        table: &'static Table,
+        cells: Vec<Col>,
+    },
+    /// The row of `table` with this key (the key columns' values, in key order).
+    Delete {
+        table: &'static Table,
+        key: Vec<CqlValue>,
+    },
+}
+
+impl Write {
+    /// The mirrored table the mutation goes to.
+    pub const fn table(&self) -> &'static Table {
+        match self {
+            Self::Upsert { table, .. } | Self::Delete { table, .. } => table,
+        }
+    }
+
+    /// The captured table whose truncation makes this write obsolete.
+    pub fn source(&self) -> &'static Table {
+        if self.table().name == tables::ORDERS_BY_USER.name {
+            &tables::ORDERS
+        } else {
+            self.table()
+        }
+    }
+
+    /// The key values of the row the write touches.
+    pub fn key(&self) -> Vec<CqlValue> {
+        match self {
+            Self::Delete { key, .. } => key.clone(),
+            Self::Upsert { table, cells } => table
+                .key
+                .iter()
+                .filter_map(|name| table.position(name))
+                .filter_map(|at| match &cells[at] {
+                    Field::Value(value) => Some(value.clone()),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+
+    /// The cell of column `name` in an upsert.
+    pub fn cell(&self, name: &str) -> Option<&Col> {
+        match self {
+            Self::Upsert { table, cells } => table.position(name).and_then(|at| cells.get(at)),
+            Self::Delete { .. } => None,
+        }
+    }
+}
+
+/// The writes one change implies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The captured table the change is of.
+    pub table: &'static Table,
+    /// The row's primary key: changes of one row stay in order.
+    pub key: Uuid,
+    /// Source LSN: the write timestamp of every mutation.
+    pub lsn: i64,
+    /// Source commit time, µs since the epoch (for the end-to-end lag).
+    pub commit_micros: i64,
+    pub writes: Vec<Write>,
+}
+
+/// What a record asks of the sink.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Planned {
+    Writes(Plan),
+    /// Delete everything in `table` older than `lsn`.
+    Truncate {
+        table: &'static Table,
+        lsn: i64,
+        commit_micros: i64,
+    },
+    /// A tombstone: the delete before it already did the work.
+    Nothing,
+}
+
+fn bad(column: &str, problem: impl Into<String>) -> EnvelopeError {
+    EnvelopeError::BadValue {
+        column: column.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// A decoded value as the CQL value of a column of type `ty`.
+fn cql(column: &str, ty: ColumnType, cell: Cell) -> Result<CqlValue, EnvelopeError> {
+    Ok(match (ty, cell) {
+        (ColumnType::Uuid, Cell::Uuid(u)) => CqlValue::Uuid(u),
+        (ColumnType::Text, Cell::Text(t)) => CqlValue::Text(t),
+        (ColumnType::Int, Cell::Int(n)) => CqlValue::Int(
+            i32::try_from(n).map_err(|_| bad(column, format!("{n} does not fit an int")))?,
+        ),
+        (ColumnType::BigInt, Cell::Int(n)) => CqlValue::BigInt(n),
+        (ColumnType::Bool, Cell::Bool(b)) => CqlValue::Boolean(b),
+        (ColumnType::Date, Cell::Date(d)) => CqlValue::Date(CqlDate::from(d)),
+        (ColumnType::TimestampTz | ColumnType::Timestamp, Cell::Timestamp(t)) => {
+            CqlValue::Timestamp(CqlTimestamp(t.timestamp_millis()))
+        }
+        (ColumnType::Numeric { .. }, Cell::Decimal(d)) => CqlValue::Decimal(decimal(&d)),
+        (ty, cell) => return Err(bad(column, format!("{cell:?} is not a {ty:?}"))),
+    })
+}
+
+/// A `rust_decimal` as Cassandra's decimal: the shortest two's-complement unscaled bytes, and the
+/// scale.
+pub fn decimal(value: &rust_decimal::Decimal) -> CqlDecimal {
+    let mantissa = value.mantissa().to_be_bytes();
+    let mut start = 0;
+    while start + 1 < mantissa.len() {
+        let (byte, next) = (mantissa[start], mantissa[start + 1]);
+        let redundant = (byte == 0x00 && next & 0x80 == 0) || (byte == 0xff && next & 0x80 != 0);
+        if !redundant {
+            break;
+        }
+        start += 1;
+    }
+    // rust_decimal's scale is at most 28.
+    let scale = i32::try_from(value.scale()).unwrap_or(i32::MAX);
+    CqlDecimal::from_signed_be_bytes_slice_and_exponent(&mantissa[start..], scale)
+}
+
+/// Every column of `table` read from `image`, in order, as CQL values.
+fn row(image: &Image, table: &Table, decimals: DecimalMode) -> Result<Vec<Col>, EnvelopeError> {
+    table
+        .columns
+        .iter()
+        .map(|column| {
+            Ok(match image.get_with(column.name, column.ty, decimals)? {
+                Field::Null => Field::Null,
+                Field::Unavailable => Field::Unavailable,
+                Field::Value(cell) => Field::Value(cql(column.name, column.ty, cell)?),
+            })
+        })
+        .collect()
+}
+
+/// The single uuid key of a captured table's row.
+fn key(table: &Table, cells: &[Col]) -> Result<Uuid, EnvelopeError> {
+    let name = table.key.first().copied().unwrap_or("id");
+    match table.position(name).and_then(|at| cells.get(at)) {
+        Some(Field::Value(CqlValue::Uuid(id))) => Ok(*id),
+        _ => Err(bad(name, "a key column must have a value")),
+    }
+}
+
+/// An `orders` row as the `orders_by_user` row it implies.
+fn by_user(orders: &[Col]) -> Vec<Col> {
+    tables::ORDERS_BY_USER
+        .columns
+        .iter()
+        .map(|column| {
+            tables::ORDERS
+                .columns
+                .iter()
+                .position(|c| tables::orders_by_user_column(c.name) == column.name)
+                .and_then(|at| orders.get(at).cloned())
+                .unwrap_or(Field::Null)
+        })
+        .collect()
+}
+
+fn user_of(orders: &[Col]) -> Option<&Col> {
+    tables::ORDERS
+        .position("user_id")
+        .and_then(|at| orders.get(at))
+}
+
+fn delete(table: &'static Table, key: Vec<CqlValue>) -> Write {
+    Write::Delete { table, key }
+}
+
+/// Turns one Debezium record into the writes it implies.
+pub fn plan(record: &Record, decimals: DecimalMode) -> Result<Planned, PlanError> {
+    let change = match record {
+        Record::Tombstone { .. } => return Ok(Planned::Nothing),
+        Record::Change(change) => change,
+    };
+    let table = table_of(change)?;
+    let lsn = change.source.lsn.ok_or(PlanError::NoPosition)?;
+    let commit_micros = change.source.commit_micros();
+    let missing = |image: &'static str| EnvelopeError::MissingImage {
+        op: change.op,
+        image,
+    };
+    let is_orders = table.name == tables::ORDERS.name;
+    let (key, writes) = match change.op {
+        Op::Truncate => {
+            return Ok(Planned::Truncate {
+                table,
+                lsn,
+                commit_micros,
+            })
+        }
+        Op::Create | Op::Read | Op::Update => {
+            let after = change.after.as_ref().ok_or_else(|| missing("after"))?;
+            let mut cells = row(after, table, decimals)?;
+            let id = key(table, &cells)?;
+            let mut writes = Vec::with_capacity(3);
+            if is_orders && change.op == Op::Update {
+                // REPLICA IDENTITY FULL: the before image holds the old user_id.
+                if let Some(before) = change.before.as_ref().filter(|b| b.has("user_id")) {
+                    let old = row(before, table, decimals)?;
+                    let moved_from = match (user_of(&old), user_of(&cells)) {
+                        (Some(Field::Value(old_user)), Some(Field::Value(new_user)))
+                            if old_user != new_user =>
+                        {
+                            Some(old_user.clone())
+                        }
+                        _ => None,
+                    };
+                    if let Some(old_user) = moved_from {
+                        writes.push(delete(
+                            &tables::ORDERS_BY_USER,
+                            vec![old_user, CqlValue::Uuid(id)],
+                        ));
+                        // The new orders_by_user row is written whole: columns the after image
+                        // left out as unchanged TOAST values come from the before image.
+                        for (cell, previous) in cells.iter_mut().zip(old) {
+                            if matches!(cell, Field::Unavailable) {
+                                *cell = previous;
+                            }
+                        }
+                    }
+                }
+            }
+            let by_user_row = is_orders.then(|| by_user(&cells));
+            writes.push(Write::Upsert { table, cells });
+            if let Some(cells) = by_user_row {
+                writes.push(Write::Upsert {
+                    table: &tables::ORDERS_BY_USER,
+                    cells,
+                });
+            }
+            (id, writes)
+        }
+        Op::Delete => {
+            let before = change.before.as_ref().ok_or_else(|| missing("before"))?;
+            let cells = row(before, table, decimals)?;
+            let id = key(table, &cells)?;
+            let mut writes = vec![delete(table, vec![CqlValue::Uuid(id)])];
+            if is_orders {
+                match user_of(&cells) {
+                    Some(Field::Value(user)) => writes.push(delete(
+                        &tables::ORDERS_BY_USER,
+                        vec![user.clone(), CqlValue::Uuid(id)],
+                    )),
+                    _ => return Err(bad("user_id", "a deleted order needs its user").into()),
+                }
+            }
+            (id, writes)
+        }
+    };
+    Ok(Planned::Writes(Plan {
+        table,
+        key,
+        lsn,
+        commit_micros,
+        writes,
+    }))
+}
+
+fn table_of(change: &Change) -> Result<&'static Table, PlanError> {
+    tables::captured(&change.source.table)
+        .ok_or_else(|| PlanError::UnknownTable(change.source.table.clone()))
+}
+
+/// The upserts of `plan` undone (for a truncation newer than the plan).
+pub fn undo(plan: &Plan) -> Vec<Write> {
+    plan.writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::Upsert { table, .. } => Some(delete(table, write.key())),
+            Write::Delete { .. } => None,
+        })
+        .collect()
+}
+
+/// Parses and plans one record as it came from Kafka.
+pub fn plan_record(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    decimals: DecimalMode,
+) -> Result<Planned, PlanError> {
+    debezium::parse(key, value)
+        .map_err(PlanError::from)
+        .and_then(|record| plan(&record, decimals))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use std::str::FromStr;
+
+    fn fixture(name: &str) -> Value {
+        let path = format!(
+            "{}/../core/tests/fixtures/debezium/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).expect("fixture");
+        serde_json::from_str(&text).expect("fixture JSON")
+    }
+
+    fn planned(record: &Value) -> Result<Planned, PlanError> {
+        let key = (!record["key"].is_null()).then(|| record["key"].to_string());
+        let value = (!record["value"].is_null()).then(|| record["value"].to_string());
+        plan_record(
+            key.as_deref().map(str::as_bytes),
+            value.as_deref().map(str::as_bytes),
+            DecimalMode::Precise,
+        )
+    }
+
+    fn writes(record: &Value) -> Plan {
+        match planned(record).expect("plan") {
+            Planned::Writes(plan) => plan,
+            other => panic!("expected writes, got {other:?}"),
+        }
+    }
+
+    fn payload(record: &mut Value) -> &mut Value {
+        &mut record["value"]["payload"]
+    }
+
+    fn names(writes: &[Write]) -> Vec<(&'static str, bool)> {
+        writes
+            .iter()
+            .map(|w| (w.table().name, matches!(w, Write::Upsert { .. })))
+            .collect()
+    }
+
+    fn uuid(value: &Value) -> CqlValue {
+        CqlValue::Uuid(value.as_str().and_then(|s| s.parse().ok()).expect("uuid"))
+    }
+
+    #[test]
+    fn user_insert_and_delete() {
+        let insert = writes(&fixture("users_c"));
+        assert_eq!(insert.table.name, "users");
+        assert_eq!(
+            Some(insert.lsn),
+            fixture("users_c")["value"]["payload"]["source"]["lsn"].as_i64()
+        );
+        assert_eq!(names(&insert.writes), [("users", true)]);
+        let write = &insert.writes[0];
+        assert_eq!(write.key(), vec![CqlValue::Uuid(insert.key)]);
+        assert!(matches!(
+            write.cell("name"),
+            Some(Field::Value(CqlValue::Text(_)))
+        ));
+        assert_eq!(write.cell("deleted_at"), Some(&Field::Null));
+        assert!(matches!(
+            write.cell("version"),
+            Some(Field::Value(CqlValue::BigInt(_)))
+        ));
+        let delete = writes(&fixture("users_d"));
+        assert_eq!(
+            delete.writes,
+            vec![Write::Delete {
+                table: &tables::USERS,
+                key: vec![CqlValue::Uuid(delete.key)]
+            }]
+        );
+        assert_eq!(planned(&fixture("users_tombstone")), Ok(Planned::Nothing));
+    }
+
+    #[test]
+    fn order_insert_writes_both_tables_and_snapshot_reads_count_as_inserts() {
+        for name in ["orders_c", "orders_r"] {
+            let plan = writes(&fixture(name));
+            assert_eq!(
+                names(&plan.writes),
+                [("orders", true), ("orders_by_user", true)],
+                "{name}"
+            );
+            let (order, by_user) = (&plan.writes[0], &plan.writes[1]);
+            for column in [
+                "product",
+                "quantity",
+                "amount",
+                "status",
+                "order_date",
+                "version",
+            ] {
+                assert_eq!(order.cell(column), by_user.cell(column), "{name}.{column}");
+            }
+            assert_eq!(order.cell("id"), by_user.cell("order_id"));
+            assert_eq!(by_user.key()[1], CqlValue::Uuid(plan.key));
+            assert!(matches!(
+                order.cell("amount"),
+                Some(Field::Value(CqlValue::Decimal(_)))
+            ));
+            assert!(matches!(
+                order.cell("quantity"),
+                Some(Field::Value(CqlValue::Int(_)))
+            ));
+        }
+    }
+
+    #[test]
+    fn order_moving_to_another_user_removes_the_old_orders_by_user_row() {
+        let mut record = fixture("orders_u");
+        let old_user = payload(&mut record)["before"]["user_id"].clone();
+        let new_user = "0b7a4b2e-3a40-4d8e-9a53-8d0b6b1a7f11";
+        payload(&mut record)["after"]["user_id"] = Value::from(new_user);
+        // An unchanged TOAST column in the after image: the new row takes the old value.
+        payload(&mut record)["after"]["product"] = Value::from(debezium::UNAVAILABLE);
+        let plan = writes(&record);
+        assert_eq!(
+            names(&plan.writes),
+            [
+                ("orders_by_user", false),
+                ("orders", true),
+                ("orders_by_user", true)
+            ]
+        );
+        assert_eq!(
+            plan.writes[0].key(),
+            vec![uuid(&old_user), CqlValue::Uuid(plan.key)]
+        );
+        assert_eq!(
+            plan.writes[1].cell("user_id"),
+            Some(&Field::Value(uuid(&Value::from(new_user))))
+        );
+        assert_eq!(
+            plan.writes[2].cell("product"),
+            Some(&Field::Value(CqlValue::Text("Phone charger".to_owned())))
+        );
+    }
+
+    #[test]
+    fn unchanged_toast_column_is_left_unset_when_the_user_stays() {
+        let mut record = fixture("orders_u");
+        payload(&mut record)["after"]["product"] = Value::from(debezium::UNAVAILABLE);
+        let plan = writes(&record);
+        assert_eq!(
+            names(&plan.writes),
+            [("orders", true), ("orders_by_user", true)]
+        );
+        for write in &plan.writes {
+            assert_eq!(write.cell("product"), Some(&Field::Unavailable));
+        }
+    }
+
+    #[test]
+    fn order_delete_removes_both_rows() {
+        let mut record = fixture("orders_u");
+        payload(&mut record)["op"] = Value::from("d");
+        payload(&mut record)["after"] = Value::Null;
+        let plan = writes(&record);
+        let user = uuid(&payload(&mut record)["before"]["user_id"]);
+        assert_eq!(
+            plan.writes,
+            vec![
+                Write::Delete {
+                    table: &tables::ORDERS,
+                    key: vec![CqlValue::Uuid(plan.key)]
+                },
+                Write::Delete {
+                    table: &tables::ORDERS_BY_USER,
+                    key: vec![user, CqlValue::Uuid(plan.key)]
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn truncate_names_its_table_and_position() {
+        let record = fixture("orders_t");
+        let lsn = record["value"]["payload"]["source"]["lsn"].as_i64();
+        match planned(&record).expect("plan") {
+            Planned::Truncate { table, lsn: at, .. } => {
+                assert_eq!(table.name, "orders");
+                assert_eq!(Some(at), lsn);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn changes_without_position_or_of_other_tables_are_refused() {
+        let mut record = fixture("users_u");
+        payload(&mut record)["source"]
+            .as_object_mut()
+            .expect("source")
+            .remove("lsn");
+        assert_eq!(planned(&record), Err(PlanError::NoPosition));
+        let mut record = fixture("users_u");
+        payload(&mut record)["source"]["table"] = Value::from("invoices");
+        assert_eq!(
+            planned(&record).map_err(|e| e.reason()),
+            Err("unknown_table")
+        );
+        let mut record = fixture("users_u");
+        payload(&mut record)["after"]["id"] = Value::Null;
+        assert_eq!(planned(&record).map_err(|e| e.reason()), Err("bad_value"));
+        let mut record = fixture("orders_c");
+        payload(&mut record)["after"]["quantity"] = Value::from(1_i64 << 40);
+        assert_eq!(planned(&record).map_err(|e| e.reason()), Err("bad_value"));
+    }
+
+    #[test]
+    fn undo_deletes_what_the_upserts_wrote() {
+        let plan = writes(&fixture("orders_c"));
+        let undone = undo(&plan);
+        assert_eq!(
+            names(&undone),
+            [("orders", false), ("orders_by_user", false)]
+        );
+        assert_eq!(undone[0].key(), vec![CqlValue::Uuid(plan.key)]);
+        assert_eq!(undone[1].key()[1], CqlValue::Uuid(plan.key));
+        assert_eq!(undone[1].source().name, "orders");
+    }
+
+    #[test]
+    fn decimals_keep_value_and_scale() {
+        for text in [
+            "0",
+            "0.00",
+            "12.50",
+            "-12.50",
+            "127",
+            "128",
+            "-128",
+            "-129",
+            "9999999999.99",
+        ] {
+            let value = rust_decimal::Decimal::from_str(text).expect("decimal");
+            let encoded = decimal(&value);
+            let (bytes, scale) = encoded.as_signed_be_bytes_slice_and_exponent();
+            let mut wide = if bytes.first().is_some_and(|b| b & 0x80 != 0) {
+                [0xffu8; 16]
+            } else {
+                [0u8; 16]
+            };
+            wide[16 - bytes.len()..].copy_from_slice(bytes);
+            let back = rust_decimal::Decimal::from_i128_with_scale(
+                i128::from_be_bytes(wide),
+                u32::try_from(scale).expect("scale"),
+            );
+            assert_eq!(back.to_string(), value.to_string(), "{text}");
+            assert!(bytes.len() <= 8, "{text}: {bytes:?}");
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The cdcconsumer: keeps Cassandra equal to PostgreSQL from Debezium's change events, and its
+//! `verify` proves it.
+//!
+//! - [`cli`]: the options and the two commands, [`cli::run`] and [`cli::verify`].
+//! - [`cassandra`]: the sink's session, schema and prepared statements.
+//! - [`handler`]: the runtime's batch handler, one module per job (planning, per-key ordering,
+//!   writing, truncations).
+//! - [`verify`]: "wait until quiet" and "compare".
+
+pub mod cassandra;
+pub mod cli;
+pub mod handler;
+pub mod verify;
