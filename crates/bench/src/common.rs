@@ -30,10 +30,38 @@ use uuid::Uuid;
 /// Time of the first generated event: fixed, so every run and every variant sees the same bytes.
 pub const START_TIME: &str = "2026-11-24T10:00:00Z";
 
+/// Partitions of the benchmarks' users and orders topics, as the pipeline's own.
+pub const USERS_PARTITIONS: i32 = 3;
+pub const ORDERS_PARTITIONS: i32 = 5;
+
 /// How often a child's memory and the PostgreSQL progress are sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
-/// Options shared by both benchmarks.
+/// How every benchmark runs its variants.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Runs per variant; the report gives the median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Folder holding the release binaries measured; by default the folder of this binary
+    /// (`target/release` under `cargo run --release`).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Replication factor of the benchmark topics.
+    #[arg(long, default_value_t = 3)]
+    pub replication_factor: i32,
+    /// Longest a single measured run may take.
+    #[arg(long, default_value_t = 600)]
+    pub run_timeout_secs: u64,
+}
+
+impl RunArgs {
+    pub fn run_timeout(&self) -> Duration {
+        Duration::from_secs(self.run_timeout_secs)
+    }
+}
+
+/// Options shared by the consumer and producer benchmarks.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkloadArgs {
     /// Users the generator creates (with the default orders, about 50,000 events in all).
@@ -45,19 +73,8 @@ pub struct WorkloadArgs {
     /// Seed of the generated stream (fixed so every run sends the same bytes).
     #[arg(long, default_value_t = 20_261_124)]
     pub seed: u64,
-    /// Runs per variant; the report gives the median.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    pub runs: u32,
-    /// Folder holding the release `producer` and `consumer` binaries; by default the folder of
-    /// this binary (`target/release` under `cargo run --release`).
-    #[arg(long)]
-    pub bin_dir: Option<PathBuf>,
-    /// Replication factor of the benchmark topics.
-    #[arg(long, default_value_t = 3)]
-    pub replication_factor: i32,
-    /// Longest a single measured run may take.
-    #[arg(long, default_value_t = 600)]
-    pub run_timeout_secs: u64,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Before each measured run, wait (at most this long) for the machine's CPU to be mostly idle
     /// (Debezium and the brokers take 20–30 s to capture and replicate one run's writes).
     #[arg(long, default_value_t = 90)]
@@ -72,10 +89,6 @@ impl WorkloadArgs {
             seed: self.seed,
             start: start_time()?,
         })
-    }
-
-    pub fn run_timeout(&self) -> Duration {
-        Duration::from_secs(self.run_timeout_secs)
     }
 }
 
@@ -185,6 +198,30 @@ pub fn locate_binary(name: &str, dir: Option<&Path>) -> Result<PathBuf> {
 
 /// Creates the topics (failing if one exists with another layout) and waits until every
 /// partition has a leader and a full in-sync replica set.
+/// Fresh users and orders topics named after `prefix` with `partitions`, and their dead-letter
+/// topics, all removed by `cleanup` at the end; returns the two topics' names.
+pub async fn business_topics(
+    brokers: &str,
+    cleanup: &mut Cleanup,
+    prefix: &str,
+    partitions: (i32, i32),
+    rf: i32,
+) -> Result<(String, String)> {
+    let users = unique_name(&format!("{prefix}_users"));
+    let orders = unique_name(&format!("{prefix}_orders"));
+    let specs = [
+        TopicSpec::new(&users, partitions.0, rf),
+        TopicSpec::new(&orders, partitions.1, rf),
+        TopicSpec::new(cdc_core::dlq::topic_for(&users), 1, rf),
+        TopicSpec::new(cdc_core::dlq::topic_for(&orders), 1, rf),
+    ];
+    cleanup
+        .topics
+        .extend(specs.iter().map(|spec| spec.name.clone()));
+    create_topics(brokers, &specs).await?;
+    Ok((users, orders))
+}
+
 pub async fn create_topics(brokers: &str, specs: &[TopicSpec]) -> Result<()> {
     ensure_topics(brokers, specs, Duration::from_secs(30))
         .await

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use cdc_core::events::{self, EntityKind, Event, OrderEvent, UserEvent};
-use cdc_core::topics::TopicSpec;
 use chrono::Utc;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -20,15 +19,12 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::common::{
-    self, create_topics, delete_rows, kafka_env, locate_binary, median, mib, send_all, tail,
+    self, business_topics, delete_rows, kafka_env, locate_binary, median, mib, send_all, tail,
     unique_name, wait_until_quiet, AbortOnDrop, Cleanup, Subject, Workload, WorkloadArgs,
-    SAMPLE_EVERY,
+    ORDERS_PARTITIONS, SAMPLE_EVERY, USERS_PARTITIONS,
 };
 use crate::copy_sink::CopySink;
 use crate::Context as BenchContext;
-
-const USERS_PARTITIONS: i32 = 3;
-const ORDERS_PARTITIONS: i32 = 5;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConsumerArgs {
@@ -216,7 +212,7 @@ struct Setup {
 }
 
 pub async fn run(ctx: &BenchContext, args: &ConsumerArgs, cleanup: &mut Cleanup) -> Result<()> {
-    let consumer_bin = locate_binary("consumer", args.workload.bin_dir.as_deref())?;
+    let consumer_bin = locate_binary("consumer", args.workload.run.bin_dir.as_deref())?;
     let mut batch_sizes = args.batch_sizes.clone();
     if !batch_sizes.contains(&args.consumer_batch) {
         batch_sizes.insert(0, args.consumer_batch);
@@ -241,24 +237,20 @@ pub async fn run(ctx: &BenchContext, args: &ConsumerArgs, cleanup: &mut Cleanup)
 
     // Topics: the pair the variants read, and the consumer binary's dead-letter topics created up
     // front so that no run pays for creating them.
-    let users_topic = unique_name("bench_users");
-    let orders_topic = unique_name("bench_orders");
-    let rf = args.workload.replication_factor;
-    let specs = [
-        TopicSpec::new(&users_topic, USERS_PARTITIONS, rf),
-        TopicSpec::new(&orders_topic, ORDERS_PARTITIONS, rf),
-        TopicSpec::new(cdc_core::dlq::topic_for(&users_topic), 1, rf),
-        TopicSpec::new(cdc_core::dlq::topic_for(&orders_topic), 1, rf),
-    ];
-    cleanup
-        .topics
-        .extend(specs.iter().map(|spec| spec.name.clone()));
-    create_topics(&ctx.brokers, &specs).await?;
+    let rf = args.workload.run.replication_factor;
+    let (users_topic, orders_topic) = business_topics(
+        &ctx.brokers,
+        cleanup,
+        "bench",
+        (USERS_PARTITIONS, ORDERS_PARTITIONS),
+        rf,
+    )
+    .await?;
 
     let producer_config = producer::send::client_config(ctx.kafka.client_config());
     let records = workload.records;
     let (u, o) = (users_topic.clone(), orders_topic.clone());
-    let timeout = args.workload.run_timeout();
+    let timeout = args.workload.run.run_timeout();
     let fill =
         tokio::task::spawn_blocking(move || send_all(&producer_config, &records, &u, &o, timeout))
             .await??;
@@ -288,7 +280,7 @@ pub async fn run(ctx: &BenchContext, args: &ConsumerArgs, cleanup: &mut Cleanup)
         pool,
         consumer_bin,
         replication_factor: rf,
-        run_timeout: args.workload.run_timeout(),
+        run_timeout: args.workload.run.run_timeout(),
         quiet_wait: Duration::from_secs(args.workload.quiet_wait_secs),
     };
 
@@ -299,7 +291,7 @@ pub async fn run(ctx: &BenchContext, args: &ConsumerArgs, cleanup: &mut Cleanup)
     }
     let load_before = common::load_average();
     let mut samples: BTreeMap<usize, Vec<Sample>> = BTreeMap::new();
-    for round in 0..args.workload.runs {
+    for round in 0..args.workload.run.runs {
         // Rotate the order every round so no variant always runs first or last.
         let n = variants.len();
         for i in 0..n {
@@ -687,7 +679,7 @@ fn report(
         setup.replication_factor,
         setup.expected.user_ids.len(),
         setup.expected.order_ids.len(),
-        args.workload.runs
+        args.workload.run.runs
     );
     println!(
         "time = from spawn/start until a poll (every {} ms) sees every row at its final version; \

@@ -9,59 +9,50 @@ use std::fmt::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
+use cdc_core::tables::{self, Table};
 use chrono::{DateTime, Utc};
-use sqlx::{Connection, PgConnection};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use uuid::Uuid;
 
 use cdc_core::events::{OrderEvent, UserEvent};
 
-/// Staging tables: private to the connection, emptied at every commit.
+/// Staging tables: private to the connection, emptied at every commit, with the tables' columns.
 const STAGING: &str = "\
-CREATE TEMP TABLE bench_stage_users (
-    id uuid, name text, email text, created_at timestamptz, updated_at timestamptz,
-    deleted_at timestamptz, version bigint) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE bench_stage_orders (
-    id uuid, user_id uuid, product text, quantity int4, amount numeric, status text,
-    order_date date, created_at timestamptz, updated_at timestamptz, deleted_at timestamptz,
-    version bigint) ON COMMIT DELETE ROWS;";
+CREATE TEMP TABLE bench_stage_users (LIKE users) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE bench_stage_orders (LIKE orders) ON COMMIT DELETE ROWS;";
 
-const COPY_USERS: &str = "COPY bench_stage_users \
-    (id, name, email, created_at, updated_at, deleted_at, version) FROM STDIN (FORMAT csv)";
+/// `COPY <staging> (<every column of table>) FROM STDIN (FORMAT csv)`.
+fn copy_in(staging: &str, table: &Table) -> String {
+    format!(
+        "COPY {staging} ({}) FROM STDIN (FORMAT csv)",
+        table.column_list()
+    )
+}
 
-const COPY_ORDERS: &str = "COPY bench_stage_orders \
-    (id, user_id, product, quantity, amount, status, order_date, created_at, updated_at, \
-     deleted_at, version) FROM STDIN (FORMAT csv)";
-
-/// Same statement as `consumer::sink::apply_users`, reading the staging table instead of UNNEST.
-const UPSERT_USERS: &str = "\
-INSERT INTO users AS u (id, name, email, created_at, updated_at, deleted_at, version)
-SELECT id, name, email, created_at, updated_at, deleted_at, version FROM bench_stage_users
-ON CONFLICT (id) DO UPDATE SET
-    name = EXCLUDED.name, email = EXCLUDED.email, created_at = EXCLUDED.created_at,
-    updated_at = EXCLUDED.updated_at, deleted_at = EXCLUDED.deleted_at,
-    version = EXCLUDED.version
-WHERE u.version < EXCLUDED.version";
-
-/// Same statement as `consumer::sink`'s order upsert, reading the staging table instead of UNNEST.
-const UPSERT_ORDERS: &str = "\
-INSERT INTO orders AS o (id, user_id, product, quantity, amount, status, order_date,
-                         created_at, updated_at, deleted_at, version)
-SELECT e.id, e.user_id, e.product, e.quantity, e.amount, e.status, e.order_date,
-       e.created_at,
-       CASE WHEN e.deleted_at IS NULL AND u.deleted_at IS NOT NULL
-            THEN GREATEST(e.updated_at, u.deleted_at) ELSE e.updated_at END,
-       COALESCE(e.deleted_at, u.deleted_at),
-       e.version
-FROM bench_stage_orders AS e
-JOIN users u ON u.id = e.user_id
-ORDER BY e.id
-ON CONFLICT (id) DO UPDATE SET
-    user_id = EXCLUDED.user_id, product = EXCLUDED.product,
-    quantity = EXCLUDED.quantity, amount = EXCLUDED.amount, status = EXCLUDED.status,
-    order_date = EXCLUDED.order_date, created_at = EXCLUDED.created_at,
-    updated_at = EXCLUDED.updated_at, deleted_at = EXCLUDED.deleted_at,
-    version = EXCLUDED.version
-WHERE o.version < EXCLUDED.version";
+/// Copies `csv` into a staging table with `copy`, moves it into place with `upsert` and commits;
+/// returns the rows changed and how long the COPY took to complete.
+async fn copy_and_upsert(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    copy: &str,
+    csv: &str,
+    upsert: &str,
+    timer: &mut PhaseTimer,
+) -> Result<(u64, Duration)> {
+    let mut copy = tx.copy_in_raw(copy).await?;
+    timer.lap("copy_start");
+    copy.send(csv.as_bytes()).await?;
+    timer.lap("copy_data");
+    copy.finish().await?;
+    let copy_done = timer.lap("copy_done");
+    let changed = sqlx::query(AssertSqlSafe(upsert.to_owned()))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    timer.lap("upsert");
+    tx.commit().await?;
+    timer.lap("commit");
+    Ok((changed, copy_done))
+}
 
 /// One connection with its staging tables.
 #[derive(Debug)]
@@ -108,21 +99,17 @@ impl CopySink {
             writeln!(csv, ",{}", e.version)?;
         }
         let mut timer = PhaseTimer::start();
-        let mut tx = self.conn.begin().await?;
+        let tx = self.conn.begin().await?;
         timer.lap("begin");
-        let mut copy = tx.copy_in_raw(COPY_USERS).await?;
-        timer.lap("copy_start");
-        copy.send(csv.as_bytes()).await?;
-        timer.lap("copy_data");
-        copy.finish().await?;
-        self.copy_done += timer.lap("copy_done");
-        let changed = sqlx::query(UPSERT_USERS)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        timer.lap("upsert");
-        tx.commit().await?;
-        timer.lap("commit");
+        let (changed, copy_done) = copy_and_upsert(
+            tx,
+            &copy_in("bench_stage_users", &tables::USERS),
+            &csv,
+            &consumer::sink::users_upsert("bench_stage_users AS e"),
+            &mut timer,
+        )
+        .await?;
+        self.copy_done += copy_done;
         timer.log("users", latest.len());
         Ok(changed)
     }
@@ -170,19 +157,15 @@ impl CopySink {
             writeln!(csv, ",{}", e.version)?;
         }
         let mut timer = PhaseTimer::start();
-        let mut copy = tx.copy_in_raw(COPY_ORDERS).await?;
-        timer.lap("copy_start");
-        copy.send(csv.as_bytes()).await?;
-        timer.lap("copy_data");
-        copy.finish().await?;
-        self.copy_done += timer.lap("copy_done");
-        let changed = sqlx::query(UPSERT_ORDERS)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        timer.lap("upsert");
-        tx.commit().await?;
-        timer.lap("commit");
+        let (changed, copy_done) = copy_and_upsert(
+            tx,
+            &copy_in("bench_stage_orders", &tables::ORDERS),
+            &csv,
+            &consumer::sink::orders_upsert("bench_stage_orders AS e"),
+            &mut timer,
+        )
+        .await?;
+        self.copy_done += copy_done;
         timer.log("orders", latest.len());
         Ok(changed)
     }

@@ -14,12 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::{
     self, create_topics, kafka_env, locate_binary, median, mib, partition_counts, send_all, tail,
-    unique_name, wait_until_quiet, Cleanup, Record, Subject, Workload, WorkloadArgs, START_TIME,
+    unique_name, wait_until_quiet, Cleanup, Record, Subject, Workload, WorkloadArgs,
+    ORDERS_PARTITIONS, START_TIME, USERS_PARTITIONS,
 };
 use crate::Context as BenchContext;
-
-const USERS_PARTITIONS: i32 = 3;
-const ORDERS_PARTITIONS: i32 = 5;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProducerArgs {
@@ -109,12 +107,12 @@ struct Sample {
 }
 
 pub async fn run(ctx: &BenchContext, args: &ProducerArgs, cleanup: &mut Cleanup) -> Result<()> {
-    let producer_bin = locate_binary("producer", args.workload.bin_dir.as_deref())?;
+    let producer_bin = locate_binary("producer", args.workload.run.bin_dir.as_deref())?;
     let workload = Workload::generate(args.workload.generator_config()?);
     let events = workload.records.len();
     tracing::info!(events, "generated the workload");
     let records: Arc<Vec<Record>> = Arc::new(workload.records);
-    let rf = args.workload.replication_factor;
+    let rf = args.workload.run.replication_factor;
 
     let mut variants = vec![Variant::Binary, Variant::Bare];
     if args.breakdown {
@@ -126,7 +124,7 @@ pub async fn run(ctx: &BenchContext, args: &ProducerArgs, cleanup: &mut Cleanup)
         ]);
     }
     // Fresh topics for every run of every variant, created and ready before anything is measured.
-    let rounds: Vec<Vec<Topics>> = (0..args.workload.runs)
+    let rounds: Vec<Vec<Topics>> = (0..args.workload.run.runs)
         .map(|_| variants.iter().map(|_| Topics::new()).collect())
         .collect();
     let specs: Vec<TopicSpec> = rounds.iter().flatten().flat_map(|t| t.specs(rf)).collect();
@@ -189,7 +187,7 @@ async fn measure(
     busy_before: Option<f64>,
 ) -> Result<Sample> {
     let events = records.len();
-    let timeout = args.workload.run_timeout();
+    let timeout = args.workload.run.run_timeout();
     let mut config = producer::send::client_config(ctx.kafka.client_config());
     if variant.unbounded() {
         for (key, value) in LIBRDKAFKA_QUEUE_DEFAULTS {
@@ -274,11 +272,14 @@ async fn run_binary(
         .args(["--orders-topic", &topics.orders])
         .args(["--users-partitions", &USERS_PARTITIONS.to_string()])
         .args(["--orders-partitions", &ORDERS_PARTITIONS.to_string()])
-        .args(["--replication-factor", &w.replication_factor.to_string()]);
+        .args([
+            "--replication-factor",
+            &w.run.replication_factor.to_string(),
+        ]);
     kafka_env(&mut command, &ctx.kafka);
     let started = Instant::now();
     let subject = Subject::spawn(command)?;
-    let finished = subject.finish(w.run_timeout()).await?;
+    let finished = subject.finish(w.run.run_timeout()).await?;
     let wall = started.elapsed().as_secs_f64();
     ensure!(
         finished.status.success(),
@@ -387,7 +388,7 @@ fn report(
         setting("compression.type"),
         setting("queue.buffering.max.kbytes"),
         setting("queue.buffering.max.messages"),
-        args.workload.replication_factor,
+        args.workload.run.replication_factor,
         Utc::now().format("%Y-%m-%d %H:%M UTC"),
         events,
         args.workload.users,
@@ -396,7 +397,7 @@ fn report(
         START_TIME,
         USERS_PARTITIONS,
         ORDERS_PARTITIONS,
-        args.workload.runs
+        args.workload.run.runs
     );
     println!();
     println!(

@@ -26,10 +26,65 @@ use scylla::statement::unprepared::Statement;
 use scylla::statement::Consistency;
 use scylla::value::{CqlValue, MaybeUnset, Row};
 
-use crate::handler::plan::{Col, Write};
-
 /// The keyspace and tables, applied at start (idempotent).
 pub const SCHEMA: &str = include_str!("../../../cassandra-schema.cql");
+
+/// A column value to write: [`Field::Unavailable`] (an unchanged TOAST column) leaves the stored
+/// cell as it is, [`Field::Null`] writes a null.
+pub type Col = Field<CqlValue>;
+
+/// One Cassandra mutation, stamped with the source position of the change that caused it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Every column of `table`, in the description's order.
+    Upsert {
+        table: &'static Table,
+        cells: Vec<Col>,
+    },
+    /// The row of `table` with this key (the key columns' values, in key order).
+    Delete {
+        table: &'static Table,
+        key: Vec<CqlValue>,
+    },
+}
+
+impl Write {
+    /// The mirrored table the mutation goes to.
+    pub const fn table(&self) -> &'static Table {
+        match self {
+            Self::Upsert { table, .. } | Self::Delete { table, .. } => table,
+        }
+    }
+
+    /// The captured table whose truncation makes this write obsolete.
+    pub fn source(&self) -> &'static Table {
+        tables::source_of(self.table())
+    }
+
+    /// The key values of the row the write touches.
+    pub fn key(&self) -> Vec<CqlValue> {
+        match self {
+            Self::Delete { key, .. } => key.clone(),
+            Self::Upsert { table, cells } => table
+                .key
+                .iter()
+                .filter_map(|name| table.position(name))
+                .filter_map(|at| match &cells[at] {
+                    Field::Value(value) => Some(value.clone()),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+
+    /// The cell of column `name` in an upsert.
+    pub fn cell(&self, name: &str) -> Option<&Col> {
+        match self {
+            Self::Upsert { table, cells } => table.position(name).and_then(|at| cells.get(at)),
+            Self::Delete { .. } => None,
+        }
+    }
+}
 
 fn bind(col: &Col) -> MaybeUnset<Option<CqlValue>> {
     match col {
@@ -113,6 +168,23 @@ pub fn parse_consistency(text: &str) -> Result<Consistency, String> {
         "local_one" => Consistency::LocalOne,
         other => return Err(format!("unknown consistency level `{other}`")),
     })
+}
+
+/// The name [`parse_consistency`] reads back: `quorum`, `local_quorum`, …
+pub fn consistency_name(consistency: Consistency) -> &'static str {
+    match consistency {
+        Consistency::Any => "any",
+        Consistency::One => "one",
+        Consistency::Two => "two",
+        Consistency::Three => "three",
+        Consistency::Quorum => "quorum",
+        Consistency::All => "all",
+        Consistency::LocalQuorum => "local_quorum",
+        Consistency::EachQuorum => "each_quorum",
+        Consistency::LocalOne => "local_one",
+        Consistency::Serial => "serial",
+        Consistency::LocalSerial => "local_serial",
+    }
 }
 
 /// Opens a session to `nodes` (`host:port`, any of the cluster's nodes).
@@ -337,7 +409,7 @@ impl Statements {
         for statements in self
             .tables
             .iter()
-            .filter(|t| source_of(t.table) == table.name)
+            .filter(|t| tables::source_of(t.table).name == table.name)
         {
             for (low, high) in token_slices(SCAN_SLICES) {
                 let mut rows = session
@@ -357,15 +429,6 @@ impl Statements {
             }
         }
         Ok(deletes)
-    }
-}
-
-/// The captured table a mirrored table is filled from.
-fn source_of(mirrored: &Table) -> &'static str {
-    if mirrored.name == tables::ORDERS_BY_USER.name {
-        tables::ORDERS.name
-    } else {
-        mirrored.name
     }
 }
 
@@ -462,6 +525,15 @@ mod tests {
     #[test]
     fn consistency_names() {
         assert_eq!(parse_consistency("QUORUM"), Ok(Consistency::Quorum));
+        for level in [
+            Consistency::One,
+            Consistency::Quorum,
+            Consistency::All,
+            Consistency::LocalQuorum,
+            Consistency::LocalOne,
+        ] {
+            assert_eq!(parse_consistency(consistency_name(level)), Ok(level));
+        }
         assert_eq!(parse_consistency("all"), Ok(Consistency::All));
         assert!(parse_consistency("most").is_err());
     }

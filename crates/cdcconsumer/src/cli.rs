@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use cdc_core::config::{KafkaArgs, LogArgs, PostgresArgs, RuntimeArgs};
 use cdc_core::debezium::DecimalMode;
+use cdc_core::dlq::DeadLetters;
 use cdc_core::metrics::Metrics;
 use cdc_core::runtime::{self, RunEnd};
 use cdc_core::topics::{ensure_topics_with, TopicSpec};
@@ -189,8 +190,11 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     )
     .await
     .context("preparing statements")?;
-    let dlq = cdc_core::dlq::producer(args.common.kafka.client_config())
-        .context("creating the dead-letter producer")?;
+    let dlq = DeadLetters::new(
+        cdc_core::dlq::producer(args.common.kafka.client_config())
+            .context("creating the dead-letter producer")?,
+        args.runtime.give_up_after,
+    );
     let metrics = Metrics::default();
     metrics.register_reasons(
         args.cdc_topics.iter().map(String::as_str),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use cdc_core::config::{KafkaArgs, LogArgs, PostgresArgs, RuntimeArgs, TopicArgs};
+use cdc_core::dlq::DeadLetters;
 use cdc_core::events::EntityKind;
 use cdc_core::metrics::Metrics;
 use cdc_core::runtime::{self, RunEnd};
@@ -77,8 +78,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
             .await
             .context("connecting to PostgreSQL")?
     };
-    let dlq = cdc_core::dlq::producer(options.kafka.client_config())
-        .context("creating the dead-letter producer")?;
+    let dlq = DeadLetters::new(
+        cdc_core::dlq::producer(options.kafka.client_config())
+            .context("creating the dead-letter producer")?,
+        options.runtime.give_up_after,
+    );
 
     let metrics = Metrics::default();
     metrics.register_reasons(
@@ -109,7 +113,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         let handler = Arc::new(EventHandler {
             kind,
             pool: pool.clone(),
-            dlq: Clone::clone(&dlq),
+            dlq: dlq.clone(),
             parent_wait: Duration::from_secs(options.parent_wait_secs),
             give_up_after: options.runtime.give_up_after,
             metrics: metrics.clone(),

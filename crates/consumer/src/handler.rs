@@ -7,18 +7,19 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use cdc_core::dlq;
+use cdc_core::dlq::DeadLetters;
 use cdc_core::events::{self, EntityKind, Event, OrderEvent, UserEvent};
 use cdc_core::metrics::{Metrics, Tally};
 use cdc_core::outcome::Interrupted;
 use cdc_core::retry::{backoff, retry};
 use cdc_core::runtime::BatchHandler;
 
-use crate::sink as pg;
+use crate::sink::{self as pg, SinkError};
+use futures::future::BoxFuture;
+use uuid::Uuid;
 
 /// Every dead-letter reason of the consumer: an invalid event's ([`events::REASONS`]), an order
 /// whose user never arrived, and a record the database refused as invalid.
@@ -31,10 +32,13 @@ pub fn reasons() -> Vec<&'static str> {
 pub const MISSING_PARENT: &str = "missing_parent";
 pub const REJECTED_BY_DATABASE: &str = "rejected_by_database";
 
+/// One of the sink's writes of a batch of events.
+type Apply<E, T> = for<'a> fn(&'a PgPool, &'a [E]) -> BoxFuture<'a, Result<T, SinkError>>;
+
 pub struct EventHandler {
     pub kind: EntityKind,
     pub pool: PgPool,
-    pub dlq: FutureProducer,
+    pub dlq: DeadLetters,
     /// How long an order may wait for its user before it is dead-lettered.
     pub parent_wait: Duration,
     /// How long a failure that is not a record's fault is retried before the batch gives up.
@@ -52,25 +56,49 @@ impl std::fmt::Debug for EventHandler {
 }
 
 impl EventHandler {
-    async fn park(
+    /// Applies `events` in one go; when the database refuses them because of a record's own
+    /// value, applies them one by one and parks each one it refuses. Returns what each application
+    /// that went through returned, and the positions (in the batch) of the refused records.
+    async fn apply_or_isolate<E: Clone, T>(
         &self,
-        message: &OwnedMessage,
-        reason: &'static str,
-        error: String,
+        what: &str,
+        events: &[(usize, E)],
+        apply: Apply<E, T>,
+        batch: &[OwnedMessage],
         tally: &mut Tally,
         cancel: &CancellationToken,
-    ) -> Result<(), Interrupted> {
-        dlq::park_message(
-            &self.dlq,
-            message,
-            reason,
-            error,
-            self.give_up_after,
-            cancel,
-        )
-        .await?;
-        tally.parked.push(reason);
-        Ok(())
+    ) -> Result<(Vec<T>, BTreeSet<usize>), Interrupted> {
+        let plain: Vec<E> = events.iter().map(|(_, e)| e.clone()).collect();
+        let error = match retry(what, self.give_up_after, cancel, || {
+            apply(&self.pool, &plain)
+        })
+        .await?
+        {
+            Ok(outcome) => return Ok((vec![outcome], BTreeSet::new())),
+            Err(error) => error,
+        };
+        // The database refused data that passed validation: find the culprits one by one.
+        tracing::error!(what, error = %error, "batch refused by the database; applying one by one");
+        let (mut outcomes, mut refused) = (Vec::new(), BTreeSet::new());
+        for (index, event) in events {
+            let single = [event.clone()];
+            match retry(what, self.give_up_after, cancel, || {
+                apply(&self.pool, &single)
+            })
+            .await?
+            {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(error) => {
+                    let message = error.to_string();
+                    let record = &batch[*index];
+                    self.dlq
+                        .park(record, REJECTED_BY_DATABASE, message, tally, cancel)
+                        .await?;
+                    refused.insert(*index);
+                }
+            }
+        }
+        Ok((outcomes, refused))
     }
 
     async fn apply_users(
@@ -80,38 +108,17 @@ impl EventHandler {
         tally: &mut Tally,
         cancel: &CancellationToken,
     ) -> Result<(), Interrupted> {
-        let plain: Vec<UserEvent> = events.iter().map(|(_, e)| e.clone()).collect();
-        match retry("apply users", self.give_up_after, cancel, || {
-            pg::apply_users(&self.pool, &plain)
-        })
-        .await?
-        {
-            Ok(_) => tally.applied += plain.len(),
-            Err(error) => {
-                // The database refused data that passed validation: find the culprits one by one.
-                tracing::error!(error = %error, "batch refused by the database; applying one by one");
-                for (index, event) in events {
-                    let single = [event.clone()];
-                    match retry("apply user", self.give_up_after, cancel, || {
-                        pg::apply_users(&self.pool, &single)
-                    })
-                    .await?
-                    {
-                        Ok(_) => tally.applied += 1,
-                        Err(error) => {
-                            self.park(
-                                &batch[*index],
-                                REJECTED_BY_DATABASE,
-                                error.to_string(),
-                                tally,
-                                cancel,
-                            )
-                            .await?
-                        }
-                    }
-                }
-            }
-        }
+        let (_, refused) = self
+            .apply_or_isolate(
+                "apply users",
+                events,
+                |pool, events| Box::pin(pg::apply_users(pool, events)),
+                batch,
+                tally,
+                cancel,
+            )
+            .await?;
+        tally.applied += events.len() - refused.len();
         Ok(())
     }
 
@@ -125,51 +132,26 @@ impl EventHandler {
         let mut pending: Vec<(usize, OrderEvent)> = events.to_vec();
         let mut waits = backoff(self.parent_wait).build();
         loop {
-            let plain: Vec<OrderEvent> = pending.iter().map(|(_, e)| e.clone()).collect();
-            // Records the database refused one by one: parked, so neither applied nor waiting.
-            let mut refused = 0;
-            let outcome = match retry("apply orders", self.give_up_after, cancel, || {
-                pg::apply_orders(&self.pool, &plain)
-            })
-            .await?
-            {
-                Ok(outcome) => outcome,
-                Err(error) => {
-                    tracing::error!(error = %error, "batch refused by the database; applying one by one");
-                    let mut missing = BTreeSet::new();
-                    for (index, event) in &pending {
-                        let single = [event.clone()];
-                        match retry("apply order", self.give_up_after, cancel, || {
-                            pg::apply_orders(&self.pool, &single)
-                        })
-                        .await?
-                        {
-                            Ok(o) => missing.extend(o.missing_parent),
-                            Err(error) => {
-                                refused += 1;
-                                self.park(
-                                    &batch[*index],
-                                    REJECTED_BY_DATABASE,
-                                    error.to_string(),
-                                    tally,
-                                    cancel,
-                                )
-                                .await?
-                            }
-                        }
-                    }
-                    pg::OrdersApplied {
-                        rows_changed: 0,
-                        missing_parent: missing,
-                    }
-                }
-            };
-            let applied = pending
-                .iter()
-                .filter(|(_, e)| !outcome.missing_parent.contains(&e.order.id))
-                .count();
-            tally.applied += applied.saturating_sub(refused);
-            pending.retain(|(_, e)| outcome.missing_parent.contains(&e.order.id));
+            let (outcomes, refused) = self
+                .apply_or_isolate(
+                    "apply orders",
+                    &pending,
+                    |pool, events| Box::pin(pg::apply_orders(pool, events)),
+                    batch,
+                    tally,
+                    cancel,
+                )
+                .await?;
+            // Parked records are neither applied nor waiting.
+            pending.retain(|(index, _)| !refused.contains(index));
+            // Orders whose user is not there (yet) were left out: they wait; the rest are applied.
+            let missing: BTreeSet<Uuid> = outcomes
+                .into_iter()
+                .flat_map(|outcome| outcome.missing_parent)
+                .collect();
+            let before = pending.len();
+            pending.retain(|(_, e)| missing.contains(&e.order.id));
+            tally.applied += before - pending.len();
             if pending.is_empty() {
                 return Ok(());
             }
@@ -192,7 +174,8 @@ impl EventHandler {
                             "user {} of order {} did not arrive within {:?}",
                             event.order.user_id, event.order.id, self.parent_wait
                         );
-                        self.park(&batch[*index], MISSING_PARENT, error, tally, cancel)
+                        self.dlq
+                            .park(&batch[*index], MISSING_PARENT, error, tally, cancel)
                             .await?;
                     }
                     return Ok(());
@@ -218,7 +201,8 @@ impl BatchHandler for EventHandler {
                 Ok(Event::Order(e)) => orders.push((index, e)),
                 Err(invalid) => {
                     let error = invalid.to_string();
-                    self.park(message, invalid.reason(), error, &mut tally, cancel)
+                    self.dlq
+                        .park(message, invalid.reason(), error, &mut tally, cancel)
                         .await?;
                 }
             }

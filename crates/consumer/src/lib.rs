@@ -2,10 +2,10 @@
 //! idempotently and in order per entity.
 //!
 //! - [`cli`]: the options and a run ([`cli::run`]): topics, schema, one consumer group per topic.
-//! - [`handler`]: the runtime's batch handler — decode and validate, park the bad, apply the
+//! - `handler`: the runtime's batch handler — decode and validate, park the bad, apply the
 //!   rest with retries, hold orders back until their user exists.
 //! - [`sink`]: the PostgreSQL sink — version-guarded UNNEST upserts and the schema.
 
 pub mod cli;
-pub mod handler;
+mod handler;
 pub mod sink;

@@ -262,21 +262,38 @@ fn on_conflict(table: &Table, alias: &str) -> String {
     )
 }
 
-/// The users upsert: every column from UNNEST, newer versions only.
-fn users_upsert() -> String {
+/// Every column of `table` from UNNEST over the bound arrays, aliased `e`: the source of the
+/// sink's upserts.
+pub fn unnest_source(table: &Table) -> String {
+    format!("{} AS e({})", unnest(table), table.column_list())
+}
+
+/// `e.id, e.name, …`: every column of `table` from the source aliased `e`.
+fn source_columns(table: &Table) -> String {
+    table
+        .columns
+        .iter()
+        .map(|c| format!("e.{}", c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The users upsert from `source` (rows of every users column, aliased `e`): newer versions only.
+pub fn users_upsert(source: &str) -> String {
     let table = &tables::USERS;
     format!(
-        "INSERT INTO {} AS u ({}) SELECT * FROM {} {}",
+        "INSERT INTO {} AS u ({}) SELECT {} FROM {source} {}",
         table.name,
         table.column_list(),
-        unnest(table),
+        source_columns(table),
         on_conflict(table, "u")
     )
 }
 
-/// The orders upsert: only orders whose user exists (joined), and an order of a deleted user
-/// takes the user's deletion, as the trigger does for orders already there.
-fn orders_upsert() -> String {
+/// The orders upsert from `source` (rows of every orders column, aliased `e`): only orders whose
+/// user exists (joined), and an order of a deleted user takes the user's deletion, as the trigger
+/// does for orders already there.
+pub fn orders_upsert(source: &str) -> String {
     let table = &tables::ORDERS;
     let select: Vec<String> = table
         .columns
@@ -290,12 +307,11 @@ fn orders_upsert() -> String {
         })
         .collect();
     format!(
-        "INSERT INTO {name} AS o ({columns}) SELECT {select} FROM {unnest} AS e({columns}) \
+        "INSERT INTO {name} AS o ({columns}) SELECT {select} FROM {source} \
          JOIN users u ON u.id = e.user_id ORDER BY e.id {conflict}",
         name = table.name,
         columns = table.column_list(),
         select = select.join(", "),
-        unnest = unnest(table),
         conflict = on_conflict(table, "o")
     )
 }
@@ -307,7 +323,7 @@ pub async fn apply_users(pool: &PgPool, events: &[UserEvent]) -> Result<u64, Sin
         return Ok(0);
     }
     let arrays = arrays(&tables::USERS, &latest, user_value);
-    let sql = users_upsert();
+    let sql = users_upsert(&unnest_source(&tables::USERS));
     let mut tx = pool.begin().await?;
     let result = bind_all(sqlx::query(AssertSqlSafe(sql)), arrays)
         .execute(&mut *tx)
@@ -373,9 +389,14 @@ async fn upsert_orders(
     orders: &[&OrderEvent],
 ) -> Result<u64, SinkError> {
     let arrays = arrays(&tables::ORDERS, orders, order_value);
-    let result = bind_all(sqlx::query(AssertSqlSafe(orders_upsert())), arrays)
-        .execute(&mut **tx)
-        .await?;
+    let result = bind_all(
+        sqlx::query(AssertSqlSafe(orders_upsert(&unnest_source(
+            &tables::ORDERS,
+        )))),
+        arrays,
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(result.rows_affected())
 }
 
@@ -429,15 +450,17 @@ mod tests {
     #[test]
     fn statements_follow_the_description() {
         assert_eq!(
-            users_upsert(),
+            users_upsert(&unnest_source(&tables::USERS)),
             "INSERT INTO users AS u (id, name, email, created_at, updated_at, deleted_at, version) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], \
-             $5::timestamptz[], $6::timestamptz[], $7::int8[]) ON CONFLICT (id) DO UPDATE SET \
+             SELECT e.id, e.name, e.email, e.created_at, e.updated_at, e.deleted_at, e.version \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], \
+             $5::timestamptz[], $6::timestamptz[], $7::int8[]) AS e(id, name, email, created_at, \
+             updated_at, deleted_at, version) ON CONFLICT (id) DO UPDATE SET \
              name = EXCLUDED.name, email = EXCLUDED.email, created_at = EXCLUDED.created_at, \
              updated_at = EXCLUDED.updated_at, deleted_at = EXCLUDED.deleted_at, \
              version = EXCLUDED.version WHERE u.version < EXCLUDED.version"
         );
-        let orders = orders_upsert();
+        let orders = orders_upsert(&unnest_source(&tables::ORDERS));
         assert!(
             orders.contains("JOIN users u ON u.id = e.user_id"),
             "{orders}"

@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 
-use crate::logging::{self, LogFormat};
+use crate::logging;
+pub use crate::logging::LogFormat;
 use crate::retry::DEFAULT_GIVE_UP_AFTER;
 use crate::runtime::{self, RuntimeError, RuntimeOptions};
 use crate::topics::TopicSpec;

@@ -15,6 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Tally;
 use crate::outcome::Interrupted;
 use crate::retry::{retry, Classify};
 
@@ -180,41 +181,66 @@ pub async fn park(producer: &FutureProducer, letter: &DeadLetter<'_>) -> Result<
         .map_err(|(source, _)| DlqError { topic, source })
 }
 
-/// Parks `message` in its topic's dead-letter topic with `reason`, retrying the write until it is
-/// acknowledged (a record must end up somewhere) or `budget` is spent. The caller counts it once
-/// its batch is durable (see `metrics::Tally`).
-pub async fn park_message(
-    producer: &FutureProducer,
-    message: &OwnedMessage,
-    reason: &str,
-    error: String,
+/// Where a batch handler parks records: the dead-letter producer, and how long a dead-letter
+/// write may be retried before the batch gives up.
+#[derive(Clone)]
+pub struct DeadLetters {
+    producer: FutureProducer,
     budget: Duration,
-    cancel: &CancellationToken,
-) -> Result<(), Interrupted> {
-    tracing::warn!(
-        topic = message.topic(),
-        partition = message.partition(),
-        offset = message.offset(),
-        reason,
-        error = %error,
-        "dead-lettering record"
-    );
-    let letter = DeadLetter {
-        source_topic: message.topic(),
-        partition: message.partition(),
-        offset: message.offset(),
-        key: message.key(),
-        payload: message.payload(),
-        reason,
-        error,
-    };
-    match retry("dead-letter write", budget, cancel, || {
-        park(producer, &letter)
-    })
-    .await?
-    {
-        Ok(()) => Ok(()),
-        Err(error) => Err(Interrupted::gave_up("dead-letter write", error)),
+}
+
+impl std::fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetters")
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeadLetters {
+    pub fn new(producer: FutureProducer, budget: Duration) -> Self {
+        Self { producer, budget }
+    }
+
+    /// Parks `message` in its topic's dead-letter topic with `reason`, retrying the write until it
+    /// is acknowledged (a record must end up somewhere) or the budget is spent, and notes the
+    /// reason in the batch's `tally` (counted once the batch is durable).
+    pub async fn park(
+        &self,
+        message: &OwnedMessage,
+        reason: &'static str,
+        error: String,
+        tally: &mut Tally,
+        cancel: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        tracing::warn!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            reason,
+            error = %error,
+            "dead-lettering record"
+        );
+        let letter = DeadLetter {
+            source_topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key(),
+            payload: message.payload(),
+            reason,
+            error,
+        };
+        match retry("dead-letter write", self.budget, cancel, || {
+            park(&self.producer, &letter)
+        })
+        .await?
+        {
+            Ok(()) => {
+                tally.parked.push(reason);
+                Ok(())
+            }
+            Err(error) => Err(Interrupted::gave_up("dead-letter write", error)),
+        }
     }
 }
 

@@ -16,7 +16,7 @@ pub mod dlq;
 pub mod events;
 #[cfg(feature = "generator")]
 pub mod generator;
-pub mod logging;
+mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod retry;

@@ -124,23 +124,39 @@ pub const USERS: Table = Table {
     ],
 };
 
+/// The columns of an order besides its keys, shared by `orders` and `orders_by_user`.
+const ORDER_VALUES: [Column; 9] = [
+    column("product", ColumnType::Text),
+    column("quantity", ColumnType::Int),
+    column("amount", ColumnType::Numeric { scale: 2 }),
+    column("status", ColumnType::Text),
+    column("order_date", ColumnType::Date),
+    column("created_at", ColumnType::TimestampTz),
+    column("updated_at", ColumnType::TimestampTz),
+    column("deleted_at", ColumnType::TimestampTz),
+    column("version", ColumnType::BigInt),
+];
+
+/// Two uuid columns followed by [`ORDER_VALUES`].
+const fn order_columns(first: &'static str, second: &'static str) -> [Column; 11] {
+    let mut columns = [column(first, ColumnType::Uuid); 11];
+    columns[1] = column(second, ColumnType::Uuid);
+    let mut i = 0;
+    while i < ORDER_VALUES.len() {
+        columns[i + 2] = ORDER_VALUES[i];
+        i += 1;
+    }
+    columns
+}
+
+const ORDERS_COLUMNS: [Column; 11] = order_columns("id", "user_id");
+const ORDERS_BY_USER_COLUMNS: [Column; 11] = order_columns("user_id", "order_id");
+
 /// `orders` in PostgreSQL and Cassandra.
 pub const ORDERS: Table = Table {
     name: "orders",
     key: &["id"],
-    columns: &[
-        column("id", ColumnType::Uuid),
-        column("user_id", ColumnType::Uuid),
-        column("product", ColumnType::Text),
-        column("quantity", ColumnType::Int),
-        column("amount", ColumnType::Numeric { scale: 2 }),
-        column("status", ColumnType::Text),
-        column("order_date", ColumnType::Date),
-        column("created_at", ColumnType::TimestampTz),
-        column("updated_at", ColumnType::TimestampTz),
-        column("deleted_at", ColumnType::TimestampTz),
-        column("version", ColumnType::BigInt),
-    ],
+    columns: &ORDERS_COLUMNS,
 };
 
 /// Cassandra's `orders_by_user`: an `orders` row keyed by `(user_id, order_id)`, where `order_id`
@@ -148,19 +164,7 @@ pub const ORDERS: Table = Table {
 pub const ORDERS_BY_USER: Table = Table {
     name: "orders_by_user",
     key: &["user_id", "order_id"],
-    columns: &[
-        column("user_id", ColumnType::Uuid),
-        column("order_id", ColumnType::Uuid),
-        column("product", ColumnType::Text),
-        column("quantity", ColumnType::Int),
-        column("amount", ColumnType::Numeric { scale: 2 }),
-        column("status", ColumnType::Text),
-        column("order_date", ColumnType::Date),
-        column("created_at", ColumnType::TimestampTz),
-        column("updated_at", ColumnType::TimestampTz),
-        column("deleted_at", ColumnType::TimestampTz),
-        column("version", ColumnType::BigInt),
-    ],
+    columns: &ORDERS_BY_USER_COLUMNS,
 };
 
 /// The name an `orders` column has in `orders_by_user`.
@@ -169,6 +173,35 @@ pub fn orders_by_user_column(orders_column: &str) -> &str {
         "order_id"
     } else {
         orders_column
+    }
+}
+
+/// For each column of `orders_by_user`, where it is in an `orders` row.
+pub fn orders_by_user_positions() -> impl Iterator<Item = Option<usize>> {
+    ORDERS_BY_USER.columns.iter().map(|column| {
+        ORDERS
+            .columns
+            .iter()
+            .position(|c| orders_by_user_column(c.name) == column.name)
+    })
+}
+
+/// An `orders` row (every column, in order) as the `orders_by_user` row it implies.
+pub fn orders_by_user_row<T: Clone>(orders_row: &[T], missing: impl Fn() -> T) -> Vec<T> {
+    orders_by_user_positions()
+        .map(|at| {
+            at.and_then(|at| orders_row.get(at).cloned())
+                .unwrap_or_else(&missing)
+        })
+        .collect()
+}
+
+/// The captured table a mirrored table is filled from (`orders` for `orders_by_user`).
+pub fn source_of(mirrored: &'static Table) -> &'static Table {
+    if mirrored.name == ORDERS_BY_USER.name {
+        &ORDERS
+    } else {
+        mirrored
     }
 }
 

@@ -9,13 +9,16 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use cdc_core::tables::{self, ColumnType, Table};
 use cdcconsumer::handler::plan::decimal;
-use cdcconsumer::verify::compare::{keyed, orders_by_user_row, value_of, Key, Row, Rows, Value};
+pub use cdcconsumer::verify::compare::expected_orders_by_user;
+use cdcconsumer::verify::compare::{
+    keyed, read_pg_table, snapshot, value_of, Key, Row, Rows, Value,
+};
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
 use scylla::value::{CqlDate, CqlTimestamp, CqlValue, Row as CqlRow};
-use sqlx::{AssertSqlSafe, PgPool, Row as _};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// How precisely PostgreSQL's timestamps are read: whole milliseconds to compare with Cassandra,
@@ -34,59 +37,17 @@ pub async fn pg_rows(
     ids: Option<&[Uuid]>,
     precision: Precision,
 ) -> Result<Rows> {
-    let columns: Vec<String> = table
-        .columns
-        .iter()
-        .map(|c| format!("{}::text", c.name))
-        .collect();
-    let key = table.key.first().copied().unwrap_or("id");
-    let filter = if ids.is_some() {
-        format!(" WHERE {key} = ANY($1)")
-    } else {
-        String::new()
-    };
-    let mut tx = pool
-        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .await?;
-    sqlx::query("SET LOCAL TimeZone = 'UTC'")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SET LOCAL DateStyle = 'ISO'")
-        .execute(&mut *tx)
-        .await?;
-    let sql = format!("SELECT {} FROM {}{filter}", columns.join(", "), table.name);
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    if let Some(ids) = ids {
-        query = query.bind(ids.to_vec());
-    }
-    let found = query.fetch_all(&mut *tx).await?;
+    let mut tx = snapshot(pool).await?;
+    let rows = read_pg_table(
+        &mut tx,
+        "public",
+        table,
+        ids,
+        precision == Precision::Micros,
+    )
+    .await?;
     tx.commit().await?;
-    let mut rows = Rows::new();
-    for row in found {
-        let mut values = Vec::with_capacity(table.columns.len());
-        for (at, column) in table.columns.iter().enumerate() {
-            let text: Option<String> = row.try_get(at)?;
-            values.push(match precision {
-                Precision::Millis => Value::from_pg_text(column.ty, text.as_deref()),
-                Precision::Micros => Value::from_pg_text_exact(column.ty, text.as_deref()),
-            });
-        }
-        let (key, values) = keyed(table, values);
-        rows.insert(key, values);
-    }
     Ok(rows)
-}
-
-/// The `orders_by_user` rows PostgreSQL's `orders` rows imply.
-pub fn expected_orders_by_user(orders: &Rows) -> Rows {
-    orders
-        .iter()
-        .map(|(key, row)| {
-            let mut whole = key.values.clone();
-            whole.extend(row.iter().cloned());
-            keyed(&tables::ORDERS_BY_USER, orders_by_user_row(&whole))
-        })
-        .collect()
 }
 
 /// Reads of a keyspace at one consistency level.

@@ -57,18 +57,7 @@ async fn fetched_records_form_full_batches_without_linger() -> Result<()> {
         idle_timeout: Some(Duration::from_secs(3)),
         ..RuntimeOptions::default()
     };
-    let end = tokio::time::timeout(
-        Duration::from_secs(120),
-        runtime::run(
-            config.clone(),
-            &[topic.as_str()],
-            Arc::clone(&recorder),
-            options,
-            CancellationToken::new(),
-        ),
-    )
-    .await
-    .context("the runtime did not go idle")??;
+    let end = run_to_end(&config, &topic, Arc::clone(&recorder), options).await?;
     ensure!(end == RunEnd::Idle, "the runtime ended with {end:?}");
 
     let batches = recorder
@@ -143,6 +132,26 @@ async fn topic_with_records(
         .set("group.id", unique_name(&format!("{prefix}_group")))
         .set("auto.offset.reset", "earliest");
     Ok((topic, config))
+}
+
+/// Runs the runtime on `topic` until it ends by itself (idle, or gave up), within two minutes.
+async fn run_to_end<H: BatchHandler>(
+    config: &ClientConfig,
+    topic: &str,
+    handler: Arc<H>,
+    options: RuntimeOptions,
+) -> Result<RunEnd> {
+    let topics = [topic];
+    let run = runtime::run(
+        config.clone(),
+        &topics,
+        handler,
+        options,
+        CancellationToken::new(),
+    );
+    Ok(tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .context("the runtime did not end by itself")??)
 }
 
 /// The group's committed offset of partition 0.
@@ -278,18 +287,7 @@ async fn a_worker_that_gives_up_stalls_visibly_and_restarts_from_the_stored_offs
     let metrics = Metrics::default();
     metrics.set_ready(true);
     let handler = Arc::new(Flaky::new(110, 2, 1, &metrics));
-    let end = tokio::time::timeout(
-        Duration::from_secs(120),
-        runtime::run(
-            config.clone(),
-            &[topic.as_str()],
-            Arc::clone(&handler),
-            options(&metrics),
-            CancellationToken::new(),
-        ),
-    )
-    .await
-    .context("the runtime did not go idle")??;
+    let end = run_to_end(&config, &topic, Arc::clone(&handler), options(&metrics)).await?;
     ensure!(end == RunEnd::Idle, "the runtime ended with {end:?}");
 
     let seen = handler.seen();
@@ -361,18 +359,7 @@ async fn a_partition_out_of_restarts_ends_the_run_as_gave_up() -> Result<()> {
     let handler = Arc::new(handler);
     let mut options = options(&metrics);
     options.max_worker_restarts = Some(2);
-    let end = tokio::time::timeout(
-        Duration::from_secs(120),
-        runtime::run(
-            config.clone(),
-            &[topic.as_str()],
-            Arc::clone(&handler),
-            options,
-            CancellationToken::new(),
-        ),
-    )
-    .await
-    .context("the runtime did not end")??;
+    let end = run_to_end(&config, &topic, Arc::clone(&handler), options).await?;
     match &end {
         RunEnd::GaveUp {
             topic: t,

@@ -563,10 +563,10 @@ pub(super) async fn latency(
 ) -> Result<Latency> {
     let keyspace = unique_name("bench_cdc_latency_ks");
     cleanup.keyspaces.push(keyspace.clone());
-    create_keyspace(control, &args.cassandra_nodes, &keyspace).await?;
+    create_keyspace(control, &args.cassandra.cassandra_nodes, &keyspace).await?;
     let bare_keyspace = unique_name("bench_cdc_latency_bare_ks");
     cleanup.keyspaces.push(bare_keyspace.clone());
-    create_keyspace(control, &args.cassandra_nodes, &bare_keyspace).await?;
+    create_keyspace(control, &args.cassandra.cassandra_nodes, &bare_keyspace).await?;
     let pool = PgPoolOptions::new()
         .max_connections(WRITER_CONNECTIONS)
         .min_connections(WRITER_CONNECTIONS)
@@ -600,7 +600,7 @@ pub(super) async fn latency(
     // The bench consumer reads from the same positions; nothing is committed.
     let seen = Arc::new(Mutex::new(Seen::default()));
     let poll_every = Duration::from_millis(args.poll_interval_ms);
-    let nodes = &args.cassandra_nodes;
+    let nodes = &args.cassandra.cassandra_nodes;
     let probe = Arc::new(Probe::connect(nodes, &keyspace, consistency, poll_every).await?);
     let bare_session = cassandra::connect(nodes).await?;
     let bare_statements = retry_schema("preparing the bare writes", || {
@@ -835,7 +835,7 @@ pub(super) fn report_latency(args: &CdcArgs, latency: &Latency) {
     println!(
         "   from the commit's return; (b) is the completion of the first {} read that showed the \
          change, polled every {} ms from its arrival in Kafka: late by at most {} ms + one read",
-        args.consistency.to_uppercase(),
+        consistency_name(args.cassandra.consistency).to_uppercase(),
         args.poll_interval_ms,
         args.poll_interval_ms
     );

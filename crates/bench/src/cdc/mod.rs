@@ -55,15 +55,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use cdc_core::config::KafkaArgs;
 use cdc_core::debezium::{self, DecimalMode, Field};
 use cdc_core::events::EntityKind;
 use cdc_core::metrics::Metrics;
 use cdc_core::runtime::{start_batch, BatchOutcome};
 use cdc_core::tables;
-use cdc_core::topics::TopicSpec;
-use cdcconsumer::cassandra::{self, parse_consistency, Statements};
+use cdcconsumer::cassandra::{self, consistency_name, CassandraArgs, Statements};
 use cdcconsumer::handler::gates::KeyGates;
 use cdcconsumer::handler::plan::{self, Plan, Planned, Write};
 use cdcconsumer::handler::{CdcHandler, CdcMetrics};
@@ -88,9 +87,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::common::{
-    self, cpu_seconds, create_topics, drop_keyspace, kafka_env, locate_binary, median, mib,
-    percentile, send_all, tail, unique_name, wait_until_quiet, AbortOnDrop, Cleanup, Record,
-    Subject, SAMPLE_EVERY,
+    self, cpu_seconds, drop_keyspace, kafka_env, locate_binary, median, mib, percentile, send_all,
+    tail, unique_name, wait_until_quiet, AbortOnDrop, Cleanup, Record, RunArgs, Subject,
+    SAMPLE_EVERY,
 };
 use crate::Context as BenchContext;
 
@@ -116,9 +115,10 @@ const ORDERS_U: &str = include_str!("../../../core/tests/fixtures/debezium/order
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CdcArgs {
-    /// Write-rate runs per variant; the report gives the median.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    pub runs: u32,
+    /// Write-rate runs per variant (the report gives the median), the `cdcconsumer` binary's
+    /// folder, the scratch topics' replication factor, the longest a run may take.
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Users in the write-rate stream (each created, then updated once: 2 changes, 2 writes).
     #[arg(long, default_value_t = 2_000)]
     pub users: usize,
@@ -126,17 +126,10 @@ pub struct CdcArgs {
     /// every order change writes orders and orders_by_user).
     #[arg(long, default_value_t = 6_000)]
     pub orders: usize,
-    /// Cassandra contact points, comma-separated host:port.
-    #[arg(
-        long,
-        env = "CASSANDRA_NODES",
-        default_value = "127.0.0.1:9042,127.0.0.2:9043,127.0.0.3:9044",
-        value_delimiter = ','
-    )]
-    pub cassandra_nodes: Vec<String>,
-    /// Consistency of every write and read, both variants and the latency poller.
-    #[arg(long, default_value = "quorum")]
-    pub consistency: String,
+    /// Where Cassandra is, and the consistency of every write and read (both variants and the
+    /// latency poller); the benchmark writes to scratch keyspaces of its own.
+    #[command(flatten)]
+    pub cassandra: CassandraArgs,
     /// cdcconsumer's `--lanes`; the bare loop keeps partitions × lanes writes in flight.
     #[arg(long, default_value_t = 64)]
     pub lanes: usize,
@@ -183,25 +176,12 @@ pub struct CdcArgs {
     /// Leave out the latency test.
     #[arg(long)]
     pub skip_latency: bool,
-    /// Folder holding the release `cdcconsumer` binary; by default the folder of this binary.
-    #[arg(long)]
-    pub bin_dir: Option<PathBuf>,
-    /// Replication factor of the scratch topics.
-    #[arg(long, default_value_t = 3)]
-    pub replication_factor: i32,
-    /// Longest a single measured run may take.
-    #[arg(long, default_value_t = 600)]
-    pub run_timeout_secs: u64,
     /// Before each measured run, wait (at most this long) for the machine's CPU to be mostly idle.
     #[arg(long, default_value_t = 15)]
     pub quiet_wait_secs: u64,
 }
 
 impl CdcArgs {
-    fn run_timeout(&self) -> Duration {
-        Duration::from_secs(self.run_timeout_secs)
-    }
-
     fn quiet_wait(&self) -> Duration {
         Duration::from_secs(self.quiet_wait_secs)
     }
@@ -241,9 +221,9 @@ impl Launcher<'_> {
             .arg("--keyspace")
             .arg(keyspace)
             .arg("--cassandra-nodes")
-            .arg(self.args.cassandra_nodes.join(","))
+            .arg(self.args.cassandra.cassandra_nodes.join(","))
             .arg("--consistency")
-            .arg(&self.args.consistency)
+            .arg(consistency_name(self.args.cassandra.consistency))
             .arg("--lanes")
             .arg(self.args.lanes.to_string())
             .arg("--max-batch")
@@ -257,7 +237,7 @@ impl Launcher<'_> {
             .arg("--metrics-addr")
             .arg(metrics_addr)
             .arg("--replication-factor")
-            .arg(self.args.replication_factor.to_string())
+            .arg(self.args.run.replication_factor.to_string())
             .arg("--log-level")
             .arg("warn");
         kafka_env(&mut command, self.kafka);
@@ -267,7 +247,7 @@ impl Launcher<'_> {
 
 pub async fn run(ctx: &BenchContext, args: &CdcArgs, cleanup: &mut Cleanup) -> Result<()> {
     let command_line = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
-    let consistency = parse_consistency(&args.consistency).map_err(|e| anyhow!(e))?;
+    let consistency = args.cassandra.consistency;
     ensure!(
         args.cdc_topics.len() == 2,
         "--cdc-topics takes two topics: users, orders"
@@ -277,12 +257,14 @@ pub async fn run(ctx: &BenchContext, args: &CdcArgs, cleanup: &mut Cleanup) -> R
         "--lanes and --max-batch must be positive"
     );
     let launcher = Launcher {
-        binary: locate_binary("cdcconsumer", args.bin_dir.as_deref())?,
+        binary: locate_binary("cdcconsumer", args.run.bin_dir.as_deref())?,
         kafka: &ctx.kafka,
         args,
     };
-    cleanup.cassandra_nodes.clone_from(&args.cassandra_nodes);
-    let control = cassandra::connect(&args.cassandra_nodes)
+    cleanup
+        .cassandra_nodes
+        .clone_from(&args.cassandra.cassandra_nodes);
+    let control = cassandra::connect(&args.cassandra.cassandra_nodes)
         .await
         .context("connecting to Cassandra")?;
     let partitions = (
@@ -324,7 +306,7 @@ pub async fn run(ctx: &BenchContext, args: &CdcArgs, cleanup: &mut Cleanup) -> R
         "cdcconsumer → Cassandra — {} — consistency {}, lanes {}, max batch {}, pipeline {}, \
          linger {} ms",
         Utc::now().format("%Y-%m-%d %H:%M UTC"),
-        args.consistency,
+        consistency_name(args.cassandra.consistency),
         args.lanes,
         args.max_batch,
         args.pipeline,

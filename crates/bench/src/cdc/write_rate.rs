@@ -352,23 +352,13 @@ pub(super) async fn write_rate(
     cleanup: &mut Cleanup,
 ) -> Result<WriteRate> {
     let stream = RateStream::build(args.users, args.orders)?;
-    let users_topic = unique_name("bench_cdc_users");
-    let orders_topic = unique_name("bench_cdc_orders");
-    let rf = args.replication_factor;
-    let specs = [
-        TopicSpec::new(&users_topic, partitions.0, rf),
-        TopicSpec::new(&orders_topic, partitions.1, rf),
-        TopicSpec::new(cdc_core::dlq::topic_for(&users_topic), 1, rf),
-        TopicSpec::new(cdc_core::dlq::topic_for(&orders_topic), 1, rf),
-    ];
-    cleanup
-        .topics
-        .extend(specs.iter().map(|spec| spec.name.clone()));
-    create_topics(&ctx.brokers, &specs).await?;
+    let rf = args.run.replication_factor;
+    let (users_topic, orders_topic) =
+        common::business_topics(&ctx.brokers, cleanup, "bench_cdc", partitions, rf).await?;
     let producer_config = producer::send::client_config(ctx.kafka.client_config());
     let records = stream.records.clone();
     let (u, o) = (users_topic.clone(), orders_topic.clone());
-    let timeout = args.run_timeout();
+    let timeout = args.run.run_timeout();
     let fill =
         tokio::task::spawn_blocking(move || send_all(&producer_config, &records, &u, &o, timeout))
             .await??;
@@ -390,7 +380,7 @@ pub(super) async fn write_rate(
         partitioned = partition_records(&stream.records, &topics, partitions)?;
     }
     let mut samples: BTreeMap<usize, Vec<RateSample>> = BTreeMap::new();
-    for round in 0..args.runs {
+    for round in 0..args.run.runs {
         // Rotate the order every round so no variant always runs first.
         let n = variants.len();
         for i in 0..n {
@@ -399,7 +389,7 @@ pub(super) async fn write_rate(
             let label = variant.label(args, partitions);
             let keyspace = unique_name("bench_cdc_ks");
             cleanup.keyspaces.push(keyspace.clone());
-            create_keyspace(control, &args.cassandra_nodes, &keyspace).await?;
+            create_keyspace(control, &args.cassandra.cassandra_nodes, &keyspace).await?;
             let busy_before = wait_until_quiet(args.quiet_wait()).await;
             let sample = match variant {
                 Variant::Ours => {
@@ -536,7 +526,7 @@ pub(super) async fn run_ours(
                 counts.dead_lettered
             );
         }
-        if subject.child.try_wait()?.is_some() || spawned.elapsed() > args.run_timeout() {
+        if subject.child.try_wait()?.is_some() || spawned.elapsed() > args.run.run_timeout() {
             let stderr = subject.kill().await;
             bail!(
                 "cdcconsumer stopped (or ran out of time) at {counts:?} of {total} changes:\n{stderr}"
@@ -572,7 +562,7 @@ pub(super) async fn run_bare(
     writes: &[(Write, i64)],
     in_flight: usize,
 ) -> Result<RateSample> {
-    let session = cassandra::connect(&args.cassandra_nodes).await?;
+    let session = cassandra::connect(&args.cassandra.cassandra_nodes).await?;
     let statements = retry_schema("preparing the sink's statements", || {
         Statements::prepare(&session, keyspace, consistency)
     })
@@ -606,7 +596,7 @@ pub(super) async fn run_handler(
     consistency: Consistency,
     partitioned: &[Vec<OwnedMessage>],
 ) -> Result<RateSample> {
-    let session = cassandra::connect(&args.cassandra_nodes).await?;
+    let session = cassandra::connect(&args.cassandra.cassandra_nodes).await?;
     let statements = retry_schema("preparing the sink's statements", || {
         Statements::prepare(&session, keyspace, consistency)
     })
@@ -615,7 +605,10 @@ pub(super) async fn run_handler(
     let handler = Arc::new(CdcHandler {
         session: Arc::new(session),
         statements,
-        dlq: cdc_core::dlq::producer(kafka.client_config())?,
+        dlq: cdc_core::dlq::DeadLetters::new(
+            cdc_core::dlq::producer(kafka.client_config())?,
+            cdc_core::retry::DEFAULT_GIVE_UP_AFTER,
+        ),
         cdc_metrics: CdcMetrics::register(&metrics),
         metrics: metrics.clone(),
         lanes: args.lanes,
@@ -726,7 +719,7 @@ pub(super) fn report_write_rate(args: &CdcArgs, rate: &WriteRate) {
         rate.order_changes,
         rate.partitions.1,
         rate.writes,
-        args.runs
+        args.run.runs
     );
     println!(
         "   cdcconsumer timed from its last /metrics poll with nothing consumed to the first with \

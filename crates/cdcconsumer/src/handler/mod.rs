@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cdc_core::debezium::DecimalMode;
-use cdc_core::dlq;
+use cdc_core::dlq::DeadLetters;
 use cdc_core::metrics::{Metrics, Tally, TopicLabels};
 use cdc_core::outcome::Interrupted;
 use cdc_core::runtime::BatchHandler;
@@ -36,7 +36,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::FutureProducer;
 use scylla::client::session::Session;
 use tokio_util::sync::CancellationToken;
 
@@ -91,7 +90,7 @@ impl CdcMetrics {
 pub struct CdcHandler {
     pub session: Arc<Session>,
     pub statements: Statements,
-    pub dlq: FutureProducer,
+    pub dlq: DeadLetters,
     pub metrics: Metrics,
     pub cdc_metrics: CdcMetrics,
     /// Keys written at once per batch (a partition has up to `pipeline` batches in flight).
@@ -184,27 +183,6 @@ impl CdcHandler {
         decoded
     }
 
-    async fn park(
-        &self,
-        message: &OwnedMessage,
-        reason: &'static str,
-        error: String,
-        tally: &mut Tally,
-        cancel: &CancellationToken,
-    ) -> Result<(), Interrupted> {
-        dlq::park_message(
-            &self.dlq,
-            message,
-            reason,
-            error,
-            self.give_up_after,
-            cancel,
-        )
-        .await?;
-        tally.parked.push(reason);
-        Ok(())
-    }
-
     fn observe(&self, topic: &TopicLabels, commit_micros: i64) {
         let lag_micros = micros_now().saturating_sub(commit_micros).max(0);
         #[allow(clippy::cast_precision_loss)]
@@ -243,7 +221,8 @@ impl BatchHandler for CdcHandler {
         let mut written = Vec::new();
         for (index, error) in decoded.refused {
             let message = error.to_string();
-            self.park(&batch[index], error.reason(), message, &mut tally, cancel)
+            self.dlq
+                .park(&batch[index], error.reason(), message, &mut tally, cancel)
                 .await?;
         }
         for step in decoded.steps {
@@ -254,14 +233,15 @@ impl BatchHandler for CdcHandler {
                     self.settle_truncations(&plans, cancel).await?;
                     let refused_at: BTreeSet<usize> = refused.iter().map(|(i, _)| *i).collect();
                     for (index, error) in refused {
-                        self.park(
-                            &batch[index],
-                            REJECTED_BY_CASSANDRA,
-                            error.to_string(),
-                            &mut tally,
-                            cancel,
-                        )
-                        .await?;
+                        self.dlq
+                            .park(
+                                &batch[index],
+                                REJECTED_BY_CASSANDRA,
+                                error.to_string(),
+                                &mut tally,
+                                cancel,
+                            )
+                            .await?;
                     }
                     for (index, plan) in &plans {
                         if !refused_at.contains(index) {

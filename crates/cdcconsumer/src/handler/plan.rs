@@ -12,6 +12,8 @@ use cdc_core::tables::{self, ColumnType, Table};
 use scylla::value::{CqlDate, CqlDecimal, CqlTimestamp, CqlValue};
 use uuid::Uuid;
 
+pub use crate::cassandra::{Col, Write};
+
 /// Every dead-letter reason of planning ([`PlanError::reason`]).
 pub const REASONS: &[&str] = &[
     "undecodable",
@@ -41,67 +43,6 @@ impl PlanError {
             Self::Envelope(e) => e.reason(),
             Self::NoPosition => "no_position",
             Self::UnknownTable(_) => "unknown_table",
-        }
-    }
-}
-
-/// A column value to write: [`Field::Unavailable`] (an unchanged TOAST column) leaves the stored
-/// cell as it is, [`Field::Null`] writes a null.
-pub type Col = Field<CqlValue>;
-
-/// One Cassandra mutation, stamped with the source position of the change that caused it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Write {
-    /// Every column of `table`, in the description's order.
-    Upsert {
-        table: &'static Table,
-        cells: Vec<Col>,
-    },
-    /// The row of `table` with this key (the key columns' values, in key order).
-    Delete {
-        table: &'static Table,
-        key: Vec<CqlValue>,
-    },
-}
-
-impl Write {
-    /// The mirrored table the mutation goes to.
-    pub const fn table(&self) -> &'static Table {
-        match self {
-            Self::Upsert { table, .. } | Self::Delete { table, .. } => table,
-        }
-    }
-
-    /// The captured table whose truncation makes this write obsolete.
-    pub fn source(&self) -> &'static Table {
-        if self.table().name == tables::ORDERS_BY_USER.name {
-            &tables::ORDERS
-        } else {
-            self.table()
-        }
-    }
-
-    /// The key values of the row the write touches.
-    pub fn key(&self) -> Vec<CqlValue> {
-        match self {
-            Self::Delete { key, .. } => key.clone(),
-            Self::Upsert { table, cells } => table
-                .key
-                .iter()
-                .filter_map(|name| table.position(name))
-                .filter_map(|at| match &cells[at] {
-                    Field::Value(value) => Some(value.clone()),
-                    _ => None,
-                })
-                .collect(),
-        }
-    }
-
-    /// The cell of column `name` in an upsert.
-    pub fn cell(&self, name: &str) -> Option<&Col> {
-        match self {
-            Self::Upsert { table, cells } => table.position(name).and_then(|at| cells.get(at)),
-            Self::Delete { .. } => None,
         }
     }
 }
@@ -202,22 +143,6 @@ fn key(table: &Table, cells: &[Col]) -> Result<Uuid, EnvelopeError> {
     }
 }
 
-/// An `orders` row as the `orders_by_user` row it implies.
-fn by_user(orders: &[Col]) -> Vec<Col> {
-    tables::ORDERS_BY_USER
-        .columns
-        .iter()
-        .map(|column| {
-            tables::ORDERS
-                .columns
-                .iter()
-                .position(|c| tables::orders_by_user_column(c.name) == column.name)
-                .and_then(|at| orders.get(at).cloned())
-                .unwrap_or(Field::Null)
-        })
-        .collect()
-}
-
 fn user_of(orders: &[Col]) -> Option<&Col> {
     tables::ORDERS
         .position("user_id")
@@ -282,7 +207,7 @@ pub fn plan(record: &Record, decimals: DecimalMode) -> Result<Planned, PlanError
                     }
                 }
             }
-            let by_user_row = is_orders.then(|| by_user(&cells));
+            let by_user_row = is_orders.then(|| tables::orders_by_user_row(&cells, || Field::Null));
             writes.push(Write::Upsert { table, cells });
             if let Some(cells) = by_user_row {
                 writes.push(Write::Upsert {

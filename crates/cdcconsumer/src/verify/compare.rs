@@ -632,16 +632,80 @@ pub fn value_of<'a>(table: &Table, row: &'a [Value], name: &str) -> Option<&'a V
 
 /// An `orders` row (every column, in order) as the `orders_by_user` row Cassandra should have.
 pub fn orders_by_user_row(orders_row: &[Value]) -> Vec<Value> {
-    tables::ORDERS_BY_USER
+    tables::orders_by_user_row(orders_row, || Value::Null)
+}
+
+/// A read-only transaction on one snapshot, with timestamps printed in UTC and ISO format (as
+/// [`Value::from_pg_text`] reads them).
+pub async fn snapshot(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await?;
+    sqlx::query("SET LOCAL TimeZone = 'UTC'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SET LOCAL DateStyle = 'ISO'")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// The rows of the captured `table` in `schema` (those whose key is in `ids`, or all), every
+/// column read as text and parsed ([`Value::from_pg_text`], or with full timestamp precision when
+/// `exact`).
+pub async fn read_pg_table(
+    connection: &mut sqlx::PgConnection,
+    schema: &str,
+    table: &Table,
+    ids: Option<&[uuid::Uuid]>,
+    exact: bool,
+) -> Result<Rows, sqlx::Error> {
+    let columns: Vec<String> = table
         .columns
         .iter()
-        .map(|column| {
-            tables::ORDERS
-                .columns
-                .iter()
-                .position(|c| tables::orders_by_user_column(c.name) == column.name)
-                .and_then(|at| orders_row.get(at).cloned())
-                .unwrap_or(Value::Null)
+        .map(|c| format!("{}::text", c.name))
+        .collect();
+    let key = table.key.first().copied().unwrap_or("id");
+    let filter = if ids.is_some() {
+        format!(" WHERE {key} = ANY($1)")
+    } else {
+        String::new()
+    };
+    let mut query = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {} FROM {schema}.{}{filter}",
+        columns.join(", "),
+        table.name
+    )));
+    if let Some(ids) = ids {
+        query = query.bind(ids.to_vec());
+    }
+    let mut rows = Rows::new();
+    for row in query.fetch_all(connection).await? {
+        let mut values = Vec::with_capacity(table.columns.len());
+        for (at, column) in table.columns.iter().enumerate() {
+            let text: Option<String> = row.try_get(at)?;
+            values.push(if exact {
+                Value::from_pg_text_exact(column.ty, text.as_deref())
+            } else {
+                Value::from_pg_text(column.ty, text.as_deref())
+            });
+        }
+        let (key, values) = keyed(table, values);
+        rows.insert(key, values);
+    }
+    Ok(rows)
+}
+
+/// The `orders_by_user` rows `orders` rows imply.
+pub fn expected_orders_by_user(orders: &Rows) -> Rows {
+    orders
+        .iter()
+        .map(|(key, row)| {
+            let mut whole = key.values.clone();
+            whole.extend(row.iter().cloned());
+            keyed(&tables::ORDERS_BY_USER, orders_by_user_row(&whole))
         })
         .collect()
 }
@@ -652,48 +716,14 @@ pub async fn read_postgres(
     pool: &PgPool,
     schema: &str,
 ) -> Result<BTreeMap<&'static str, Rows>, CompareError> {
-    let mut tx = pool
-        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .await?;
-    sqlx::query("SET LOCAL TimeZone = 'UTC'")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SET LOCAL DateStyle = 'ISO'")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = snapshot(pool).await?;
     let mut found = BTreeMap::new();
     for table in tables::CAPTURED {
-        let columns: Vec<String> = table
-            .columns
-            .iter()
-            .map(|c| format!("{}::text", c.name))
-            .collect();
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {} FROM {schema}.{}",
-            columns.join(", "),
-            table.name
-        )))
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut read = Rows::new();
-        let mut by_user = Rows::new();
-        for row in rows {
-            let mut values = Vec::with_capacity(table.columns.len());
-            for (at, column) in table.columns.iter().enumerate() {
-                let text: Option<String> = row.try_get(at)?;
-                values.push(Value::from_pg_text(column.ty, text.as_deref()));
-            }
-            if table.name == tables::ORDERS.name {
-                let (key, row) = keyed(&tables::ORDERS_BY_USER, orders_by_user_row(&values));
-                by_user.insert(key, row);
-            }
-            let (key, row) = keyed(table, values);
-            read.insert(key, row);
-        }
-        found.insert(table.name, read);
+        let rows = read_pg_table(&mut tx, schema, table, None, false).await?;
         if table.name == tables::ORDERS.name {
-            found.insert(tables::ORDERS_BY_USER.name, by_user);
+            found.insert(tables::ORDERS_BY_USER.name, expected_orders_by_user(&rows));
         }
+        found.insert(table.name, rows);
     }
     tx.commit().await?;
     Ok(found)

@@ -18,10 +18,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
-use stack_tests::{shared, unique_name, wait_for, Stack};
+use stack_tests::{shared, unique_name, wait_for, workspace_binary, Stack};
 use tokio::process::Command;
 
-const PRODUCER: &str = env!("CARGO_BIN_EXE_producer");
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 const START: &str = "2026-11-24T10:00:00Z";
@@ -80,7 +79,8 @@ fn start_time() -> Result<DateTime<Utc>> {
 }
 
 fn command(stack: &Stack, topics: &Topics, args: &[&str]) -> Command {
-    let mut command = Command::new(PRODUCER);
+    let binary = workspace_binary("producer").unwrap_or_else(|error| panic!("{error:#}"));
+    let mut command = Command::new(binary);
     command
         .args(["--brokers", &stack.brokers])
         .args(["--users-topic", &topics.users])
@@ -288,26 +288,27 @@ fn check_topics(
     Ok(())
 }
 
-#[tokio::test]
-async fn writes_exactly_the_generated_stream() -> Result<()> {
-    let _shared = shared().await;
-    let stack = Stack::from_env()?;
-    let topics = Topics::unique();
-    let (users, orders, seed) = (200, 600, 20_261_124);
-
-    let output = run(command(
-        &stack,
-        &topics,
-        &[
-            "--users",
-            &users.to_string(),
-            "--orders",
-            &orders.to_string(),
-            "--seed",
-            &seed.to_string(),
-        ],
-    ))
-    .await?;
+/// Runs the producer over `users`/`orders` with `seed` (plus `extra` arguments) to the end and
+/// checks that it sent the whole stream, every record acknowledged, and that the topics hold
+/// exactly the stream.
+async fn produce_the_whole_stream(
+    stack: &Stack,
+    topics: &Topics,
+    (users, orders, seed): (usize, usize, u64),
+    extra: &[&str],
+) -> Result<Summary> {
+    let (users_arg, orders_arg, seed_arg) =
+        (users.to_string(), orders.to_string(), seed.to_string());
+    let mut args = vec![
+        "--users",
+        &users_arg,
+        "--orders",
+        &orders_arg,
+        "--seed",
+        &seed_arg,
+    ];
+    args.extend_from_slice(extra);
+    let output = run(command(stack, topics, &args)).await?;
     ensure!(
         output.status.success(),
         "producer failed:\n{}",
@@ -320,18 +321,30 @@ async fn writes_exactly_the_generated_stream() -> Result<()> {
         seed,
         start: start_time()?,
     });
-    assert_eq!(summary.failed, 0, "{}", text(&output));
-    assert_eq!(summary.acknowledged, summary.sent, "{}", text(&output));
-    assert_eq!(
-        summary.sent,
-        wanted.len() as u64,
-        "the whole stream is sent"
+    ensure!(
+        summary.failed == 0 && summary.acknowledged == summary.sent,
+        "{}",
+        text(&output)
     );
-    assert_eq!(summary.seed, seed);
+    ensure!(
+        summary.sent == u64::try_from(wanted.len())?,
+        "the whole stream is sent: {}",
+        text(&output)
+    );
+    check_topics(stack, topics, &wanted)?;
+    Ok(summary)
+}
 
+#[tokio::test]
+async fn writes_exactly_the_generated_stream() -> Result<()> {
+    let _shared = shared().await;
+    let stack = Stack::from_env()?;
+    let topics = Topics::unique();
+    let seed = 20_261_124;
+    let summary = produce_the_whole_stream(&stack, &topics, (200, 600, seed), &[]).await?;
+    assert_eq!(summary.seed, seed);
     assert_eq!(partition_count(&stack, &topics.users)?, 3);
     assert_eq!(partition_count(&stack, &topics.orders)?, 5);
-    check_topics(&stack, &topics, &wanted)?;
     topics.delete(&stack).await
 }
 
@@ -511,39 +524,12 @@ async fn a_full_client_queue_is_waited_out() -> Result<()> {
     let _shared = shared().await;
     let stack = Stack::from_env()?;
     let topics = Topics::unique();
-    let (users, orders, seed) = (100, 400, 11);
-    let output = run(command(
-        &stack,
-        &topics,
-        &[
-            "--users",
-            &users.to_string(),
-            "--orders",
-            &orders.to_string(),
-            "--seed",
-            &seed.to_string(),
-            "--kafka-option",
-            "queue.buffering.max.messages=20",
-            "--kafka-option",
-            "queue.buffering.max.kbytes=4",
-        ],
-    ))
-    .await?;
-    ensure!(
-        output.status.success(),
-        "producer failed:\n{}",
-        text(&output)
-    );
-    let summary = summary(&output)?;
-    let wanted = expected(GeneratorConfig {
-        users,
-        orders,
-        seed,
-        start: start_time()?,
-    });
-    assert_eq!(summary.failed, 0, "{}", text(&output));
-    assert_eq!(summary.acknowledged, summary.sent, "{}", text(&output));
-    assert_eq!(summary.sent, wanted.len() as u64, "{}", text(&output));
-    check_topics(&stack, &topics, &wanted)?;
+    let small_queue = [
+        "--kafka-option",
+        "queue.buffering.max.messages=20",
+        "--kafka-option",
+        "queue.buffering.max.kbytes=4",
+    ];
+    produce_the_whole_stream(&stack, &topics, (100, 400, 11), &small_queue).await?;
     topics.delete(&stack).await
 }

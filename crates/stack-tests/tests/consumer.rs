@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use stack_tests::kafka::{dead_letters, end_offsets, producer, reset_to_earliest, send_raw};
 use stack_tests::model::Model;
 use stack_tests::process::{self, free_address, http_get, summary, Process, Summary};
-use stack_tests::{shared, unique_name, wait_for, Stack};
+use stack_tests::{shared, unique_name, wait_for, workspace_binary, Stack};
 use uuid::Uuid;
 
 /// Optional key or payload bytes of a raw record.
@@ -57,7 +57,8 @@ impl Run {
     }
 
     fn consumer_command(&self, idle_secs: u64) -> Command {
-        let mut command = process::command(&self.stack, env!("CARGO_BIN_EXE_consumer").as_ref());
+        let binary = workspace_binary("consumer").unwrap_or_else(|error| panic!("{error:#}"));
+        let mut command = process::command(&self.stack, &binary);
         command
             .env("USERS_TOPIC", &self.users_topic)
             .env("ORDERS_TOPIC", &self.orders_topic)
