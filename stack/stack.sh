@@ -119,7 +119,7 @@ apply_profile() {
     for id in "${KAFKA_IDS[@]}"; do KAFKA_SERVICES+=("kafka$id"); done
     CASSANDRA_SERVICES=()
     for i in "${!CASS_ADDRS[@]}"; do CASSANDRA_SERVICES+=("cassandra$((i + 1))"); done
-    SERVICES=("${KAFKA_SERVICES[@]}" postgres connect "${CASSANDRA_SERVICES[@]}")
+    SERVICES=("${KAFKA_SERVICES[@]}" postgres connect "${CASSANDRA_SERVICES[@]}" console)
 }
 
 # --- artifacts ---------------------------------------------------------------------------------
@@ -187,6 +187,8 @@ is_running() {
     [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
     if [[ $svc == postgres ]]; then
         [[ $(tr '\0' ' ' <"/proc/$pid/cmdline") == *postgres* ]]
+    elif [[ $svc == console ]]; then
+        [[ $(tr '\0' ' ' <"/proc/$pid/cmdline") == *"console --stack-dir $STATE "* ]]
     else
         [[ $(tr '\0' ' ' <"/proc/$pid/cmdline") == *"-Dcdc.stack.service=$svc "* ]]
     fi
@@ -613,6 +615,38 @@ cassandra_schema() {
         fail_service cassandra-schema "keyspace $CASSANDRA_KEYSPACE is incomplete after applying the schema"
 }
 
+# --- console -----------------------------------------------------------------------------------
+# The pipeline's web console (crates/console) on http://127.0.0.1:$CONSOLE_PORT, built when missing or
+# out of date. It is recognised by its binary and this stack's state folder on its command line.
+
+console_bin() { echo "${CARGO_TARGET_DIR:-$ROOT/target}/release/console"; }
+
+console_start() {
+    is_running console && return 0
+    local bin
+    bin=$(console_bin)
+    if [[ ! -x $bin ]] || command -v cargo >/dev/null; then
+        say "building the console (cargo build --release -p console)"
+        (cd "$ROOT" && cargo build --release --quiet -p console) >>"$LOGS/console.log" 2>&1 ||
+            fail_service console "cargo build --release -p console failed"
+    fi
+    local args=()
+    [[ -n ${CONSOLE_ENABLE_ACTIONS:-} && ${CONSOLE_ENABLE_ACTIONS:-} != 0 ]] && args+=(--enable-actions)
+    KAFKA_BROKERS="$KAFKA_BOOTSTRAP" CONNECT_URL="http://127.0.0.1:$CONNECT_PORT" \
+        DATABASE_URL="postgres://$POSTGRES_APP_USER:$POSTGRES_APP_PASSWORD@127.0.0.1:$POSTGRES_PORT/$POSTGRES_DB" \
+        CASSANDRA_NODES="$(cassandra_nodes)" SLOT_NAME="$DEBEZIUM_SLOT_NAME" CONNECTOR_NAME="$CONNECTOR_NAME" \
+        LOG_LEVEL="${CONSOLE_LOG_LEVEL:-info,scylla=warn}" \
+        setsid nohup "$bin" --stack-dir "$STATE" --listen "127.0.0.1:$CONSOLE_PORT" "${args[@]}" \
+        >>"$LOGS/console.log" 2>&1 </dev/null &
+    echo $! >"$RUN/console.pid"
+}
+
+console_serving() { [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$CONSOLE_PORT/") == 200 ]]; }
+
+console_ready() {
+    EXPECT_RUNNING=1 wait_until console "HTTP 200 on http://127.0.0.1:$CONSOLE_PORT/" "$READY_TIMEOUT" console_serving
+}
+
 # --- tool wrappers -----------------------------------------------------------------------------
 
 write_wrappers() {
@@ -672,6 +706,9 @@ cmd_up() {
     wait_until cassandra1 "${#CASS_ADDRS[@]} nodes Up/Normal as seen from every node" "$READY_TIMEOUT" cassandra_all_up
     cassandra_schema
     say "cassandra ready (${#CASS_ADDRS[@]} nodes UN, keyspace $CASSANDRA_KEYSPACE at RF $CASSANDRA_REPLICATION_FACTOR)"
+    console_start
+    console_ready
+    say "console ready on http://127.0.0.1:$CONSOLE_PORT"
     say "stack up in $((SECONDS - started))s"
 }
 
@@ -703,7 +740,7 @@ cmd_down() {
         apply_profile
         local svc
         # consumers of a service go first: Connect, then Cassandra, PostgreSQL and Kafka
-        for svc in connect "${CASSANDRA_SERVICES[@]}" postgres; do stop_service "$svc"; done
+        for svc in console connect "${CASSANDRA_SERVICES[@]}" postgres; do stop_service "$svc"; done
         for svc in "${KAFKA_SERVICES[@]}"; do stop_service "$svc" & done
         wait
         say "stack stopped"
@@ -742,7 +779,8 @@ cmd_status() {
     apply_profile
     local svc bad=0
     printf '%-12s %-8s %-8s %s\n' SERVICE STATE PID ENDPOINT
-    local -A endpoint=([postgres]="127.0.0.1:$POSTGRES_PORT" [connect]="http://127.0.0.1:$CONNECT_PORT")
+    local -A endpoint=([postgres]="127.0.0.1:$POSTGRES_PORT" [connect]="http://127.0.0.1:$CONNECT_PORT"
+        [console]="http://127.0.0.1:$CONSOLE_PORT")
     local i
     for i in "${!KAFKA_SERVICES[@]}"; do endpoint[${KAFKA_SERVICES[$i]}]="127.0.0.1:${KAFKA_PORTS[$i]}"; done
     for i in "${!CASSANDRA_SERVICES[@]}"; do endpoint[${CASSANDRA_SERVICES[$i]}]="${CASS_ADDRS[$i]}:${CASS_PORTS[$i]}"; done
@@ -816,6 +854,10 @@ cmd_start() {
             EXPECT_RUNNING=1 wait_until connect "REST API" "$READY_TIMEOUT" connect_rest_ready
             wait_until connect "connector RUNNING" "$READY_TIMEOUT" connector_running
             ;;
+        console)
+            console_start
+            console_ready
+            ;;
         cassandra*)
             local n=$((${svc#cassandra} - 1))
             cassandra_start "$n"
@@ -865,7 +907,11 @@ cmd_pipeline() {
 
     say "verify: waiting for the pipeline to be quiet, then comparing PostgreSQL with Cassandra"
     local verdict=0
-    "$bin/cdcconsumer" verify --quiet-timeout-secs "${PIPELINE_QUIET_SECS:-300}" 2>>"$LOGS/verify.log" || verdict=$?
+    "$bin/cdcconsumer" verify --quiet-timeout-secs "${PIPELINE_QUIET_SECS:-300}" >"$LOGS/verify.out" 2>>"$LOGS/verify.log" ||
+        verdict=$?
+    cat "$LOGS/verify.out"
+    # kept for the console's overview
+    { echo "finished_at=$(date -u +%Y-%m-%dT%H:%M:%SZ) exit=$verdict"; cat "$LOGS/verify.out"; } >"$STATE/last-verify.txt"
     kill -TERM "$cdc_pid" 2>/dev/null || true
     wait "$cdc_pid" || fail_service cdcconsumer "cdcconsumer failed"
     trap - EXIT
@@ -895,7 +941,7 @@ usage: stack/stack.sh <command>
   up                  fetch artifacts if needed, start every service, wait until all are healthy
                       (CDC_PROFILE=lite for 1 broker + 1 Cassandra node at RF 1)
   down [--wipe]       stop the services this stack started; --wipe also deletes all data
-  status              services, Kafka quorum, replication slot, connector, nodetool status
+  status              services (the console too), Kafka quorum, replication slot, connector, nodetool status
   logs <service> [-f] the service's log (services: ${SERVICES[*]})
   stop <service>      stop one service gracefully (SIGTERM)
   kill <service>      SIGKILL one service
@@ -908,6 +954,9 @@ usage: stack/stack.sh <command>
                       Kafka's admin tools, bootstrap servers preset
   fetch               only download the artifacts
   env                 print the connection settings as shell variables
+
+'up' also starts the console on http://127.0.0.1:$CONSOLE_PORT (CONSOLE_ENABLE_ACTIONS=1: it may restart
+connectors and tasks).
 EOF
 }
 
