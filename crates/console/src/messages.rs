@@ -28,7 +28,9 @@ pub const MAX_LIMIT: usize = 500;
 /// Value bytes shown before the cut.
 pub const MAX_VALUE_BYTES: usize = 16 * 1024;
 /// Records read per partition when filtering by key, unless asked otherwise.
-pub const DEFAULT_SCAN: i64 = 5000;
+pub const DEFAULT_SCAN: i64 = 2000;
+/// Records read per partition in one step of a key search, newest first.
+const KEY_WINDOW: i64 = 500;
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -491,20 +493,17 @@ pub async fn browse(
             starts.insert(*p, (start, w));
         }
     }
-    let debezium_topic = is_debezium_topic(topic);
     let topic_name = topic.to_owned();
     let mode = query.mode;
     let (mut messages, scanned, incomplete) = tokio::task::spawn_blocking(move || {
-        read(
-            kafka,
-            &topic_name,
-            &starts,
+        let reading = Reading {
+            topic: &topic_name,
             mode,
             limit,
-            key_filter.as_deref(),
-            debezium_topic,
-            deadline,
-        )
+            key_filter: key_filter.as_deref(),
+            debezium_topic: is_debezium_topic(&topic_name),
+        };
+        read(kafka, &reading, &starts, deadline)
     })
     .await??;
     match mode {
@@ -537,18 +536,26 @@ pub fn is_debezium_topic(topic: &str) -> bool {
     topic.split('.').count() == 3 && !topic.ends_with(".dlq") && topic.starts_with("cdc.")
 }
 
-#[allow(clippy::too_many_arguments)]
-fn read(
-    mut kafka: ClientConfig,
-    topic: &str,
-    starts: &BTreeMap<i32, (i64, Watermarks)>,
+/// What to read and how to show it.
+#[derive(Debug)]
+struct Reading<'a> {
+    topic: &'a str,
     mode: Mode,
     limit: usize,
-    key_filter: Option<&str>,
+    key_filter: Option<&'a str>,
     debezium_topic: bool,
+}
+
+/// Reads `[start, end)` of each partition (newest mode: from the end backwards, in windows, so
+/// the newest records are found first) until `limit` records match or the deadline passes.
+/// Returns the matches, the records read, and whether the deadline cut the reading short.
+fn read(
+    mut kafka: ClientConfig,
+    reading: &Reading<'_>,
+    ranges: &BTreeMap<i32, (i64, Watermarks)>,
     deadline: Duration,
 ) -> Result<(Vec<MessageView>, u64, bool), BrowseError> {
-    if starts.is_empty() {
+    if ranges.is_empty() {
         return Ok((Vec::new(), 0, false));
     }
     kafka
@@ -562,19 +569,84 @@ fn read(
         .set("fetch.wait.max.ms", "50")
         .set("client.id", "cdc-console-browser");
     let consumer: BaseConsumer = kafka.create()?;
-    let mut assignment = TopicPartitionList::new();
-    for (p, (start, _)) in starts {
-        assignment.add_partition_offset(topic, *p, Offset::Offset(*start))?;
-    }
-    consumer.assign(&assignment)?;
-    let began = Instant::now();
-    let mut remaining: BTreeMap<i32, (i64, usize)> =
-        starts.iter().map(|(p, (_, w))| (*p, (w.high, 0))).collect();
+    let until = Instant::now() + deadline;
     let mut found = Vec::new();
     let mut scanned = 0_u64;
+    if reading.mode != Mode::Newest {
+        let pass: BTreeMap<i32, (i64, i64)> = ranges
+            .iter()
+            .map(|(p, (start, w))| (*p, (*start, w.high)))
+            .collect();
+        let cap = Some(reading.limit);
+        let complete = read_pass(
+            &consumer,
+            reading,
+            &pass,
+            cap,
+            until,
+            &mut found,
+            &mut scanned,
+        )?;
+        return Ok((found, scanned, !complete));
+    }
+    let window = if reading.key_filter.is_some() {
+        KEY_WINDOW.max(i64::try_from(reading.limit).unwrap_or(i64::MAX))
+    } else {
+        i64::MAX
+    };
+    let mut step = 0_i64;
+    loop {
+        let pass: BTreeMap<i32, (i64, i64)> = ranges
+            .iter()
+            .filter_map(|(p, (start, w))| {
+                let end = w.high.saturating_sub(step.saturating_mul(window));
+                let from = end.saturating_sub(window).max(*start);
+                (from < end).then_some((*p, (from, end)))
+            })
+            .collect();
+        if pass.is_empty() {
+            return Ok((found, scanned, false));
+        }
+        let complete = read_pass(
+            &consumer,
+            reading,
+            &pass,
+            None,
+            until,
+            &mut found,
+            &mut scanned,
+        )?;
+        if !complete {
+            return Ok((found, scanned, true));
+        }
+        if found.len() >= reading.limit {
+            return Ok((found, scanned, false));
+        }
+        step += 1;
+    }
+}
+
+/// One pass over `[from, to)` of each partition; `cap` stops a partition after that many matches.
+/// Returns whether every partition was read to its end before `until`.
+fn read_pass(
+    consumer: &BaseConsumer,
+    reading: &Reading<'_>,
+    pass: &BTreeMap<i32, (i64, i64)>,
+    cap: Option<usize>,
+    until: Instant,
+    found: &mut Vec<MessageView>,
+    scanned: &mut u64,
+) -> Result<bool, BrowseError> {
+    let mut assignment = TopicPartitionList::new();
+    for (p, (from, _)) in pass {
+        assignment.add_partition_offset(reading.topic, *p, Offset::Offset(*from))?;
+    }
+    consumer.assign(&assignment)?;
+    let mut remaining: BTreeMap<i32, (i64, usize)> =
+        pass.iter().map(|(p, (_, to))| (*p, (*to, 0))).collect();
     while !remaining.is_empty() {
-        let Some(left) = deadline.checked_sub(began.elapsed()) else {
-            break;
+        let Some(left) = until.checked_duration_since(Instant::now()) else {
+            return Ok(false);
         };
         let Some(result) = consumer.poll(left.min(Duration::from_millis(200))) else {
             continue;
@@ -588,22 +660,21 @@ fn read(
             remaining.remove(&partition);
             continue;
         }
-        scanned += 1;
-        let matches = key_filter.is_none_or(|wanted| {
+        *scanned += 1;
+        let matches = reading.key_filter.is_none_or(|wanted| {
             message
                 .key()
                 .is_some_and(|k| String::from_utf8_lossy(k).contains(wanted))
         });
         if matches {
-            found.push(message_view(&message, debezium_topic));
+            found.push(message_view(&message, reading.debezium_topic));
             *taken += 1;
         }
-        let done_here = message.offset() + 1 >= *end || (mode != Mode::Newest && *taken >= limit);
-        if done_here {
+        if message.offset() + 1 >= *end || cap.is_some_and(|cap| *taken >= cap) {
             remaining.remove(&partition);
         }
     }
-    Ok((found, scanned, !remaining.is_empty()))
+    Ok(true)
 }
 
 #[cfg(test)]
