@@ -1278,4 +1278,131 @@ mod tests {
     fn every_template_parses() {
         assert!(templates().is_ok(), "{:?}", templates().err());
     }
+
+    fn render(template: &str, context: minijinja::Value) -> String {
+        let env = templates().unwrap_or_else(|e| panic!("{e}"));
+        env.get_template(template)
+            .and_then(|t| t.render(context))
+            .unwrap_or_else(|e| panic!("{template}: {e:#}"))
+    }
+
+    #[test]
+    fn the_overview_renders_states_as_attributes() {
+        use crate::collector::{DeadLetterCount, Hop, ServiceState};
+        let hop = |id| Hop {
+            id,
+            title: "t",
+            from: "a",
+            to: "b",
+            rate: Some(12.5),
+            lag: Some(3),
+            lag_unit: "records",
+            state: "lagging",
+            note: String::new(),
+        };
+        let page = OverviewPage {
+            snapshot: Some(Snapshot {
+                at: "now".to_owned(),
+                took_ms: 3,
+                services: vec![
+                    ServiceState {
+                        name: "kafka1".to_owned(),
+                        address: "127.0.0.1:9092".to_owned(),
+                        up: true,
+                        detail: String::new(),
+                    },
+                    ServiceState {
+                        name: "connect".to_owned(),
+                        address: "http://127.0.0.1:8083".to_owned(),
+                        up: false,
+                        detail: "unreachable".to_owned(),
+                    },
+                ],
+                hops: vec![
+                    hop("produced"),
+                    hop("pg_applied"),
+                    hop("captured"),
+                    hop("cassandra_applied"),
+                ],
+                groups: Vec::new(),
+                slot: None,
+                dead_letters: vec![DeadLetterCount {
+                    topic: "users.dlq".to_owned(),
+                    source: "users".to_owned(),
+                    count: 1,
+                    pipeline: true,
+                }],
+                connector_state: None,
+                unreachable: vec![("Kafka Connect".to_owned(), "refused".to_owned())],
+                verify: None,
+            }),
+            charts: Vec::new(),
+            sample_interval_ms: 2000,
+        };
+        let html = render(
+            "overview_live.html",
+            minijinja::context! {
+                ..minijinja::Value::from(minijinja::value::Serde(&page)),
+                ..overview_svgs(&page)
+            },
+        );
+        assert!(
+            html.contains(r#"data-service="kafka1" data-up="true""#),
+            "{html}"
+        );
+        assert!(html.contains(r#"data-service="connect" data-up="false""#));
+        assert!(html.contains(r#"data-hop="produced" data-state="lagging" data-rate="12.5""#));
+        assert!(html.contains(r#"data-unreachable="Kafka Connect""#));
+        assert!(html.contains(r#"data-dlq="users.dlq" data-count="1""#));
+    }
+
+    #[test]
+    fn a_change_renders_its_columns() {
+        let value = br#"{"op":"u","source":{"schema":"public","table":"users","lsn":16,"ts_ms":1},"before":{"id":"x","name":"a"},"after":{"id":"x","name":"b"}}"#;
+        let change = messages::change_view(Some(br#"{"id":"x"}"#), Some(value));
+        let message = messages::MessageView {
+            partition: 0,
+            offset: 7,
+            timestamp_ms: Some(0),
+            timestamp: "t".to_owned(),
+            key: Some(messages::show_key(br#"{"id":"x"}"#)),
+            headers: vec![
+                ("dlq.reason".to_owned(), "undecodable".to_owned()),
+                ("other".to_owned(), "v".to_owned()),
+            ],
+            dlq_reason: Some("undecodable".to_owned()),
+            value: messages::show(Some(value)),
+            change,
+        };
+        let page = MessagesPage {
+            name: "cdc.public.users".to_owned(),
+            partitions: vec![0],
+            query: BrowseQuery::default(),
+            browse: Some(Browse {
+                topic: "cdc.public.users".to_owned(),
+                query: BrowseQuery::default(),
+                messages: vec![message],
+                scanned: 1,
+                incomplete: false,
+            }),
+            dlq: false,
+            debezium: true,
+            max_limit: 500,
+        };
+        let html = render(
+            "messages.html",
+            minijinja::context! {
+                ..minijinja::context! { token => "t", errors => Vec::<String>::new(), unreachable => Vec::<String>::new() },
+                ..minijinja::Value::from(minijinja::value::Serde(&page))
+            },
+        );
+        assert!(
+            html.contains(r#"data-column="name" data-changed="true""#),
+            "{html}"
+        );
+        assert!(html.contains(r#"data-column="id" data-changed="false""#));
+        // minijinja escapes `/` in HTML.
+        assert!(html.contains(r#"class="lsn">0&#x2f;10<"#), "{html}");
+        assert!(html.contains(r#"data-reason="undecodable""#));
+    }
 }
