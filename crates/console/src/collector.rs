@@ -179,19 +179,22 @@ pub struct Collector {
     state: Arc<RwLock<State>>,
 }
 
+/// Σ high watermarks of `topics`, only when every one of their partitions was read: a partial
+/// read would look like the counter going backwards.
 fn sum_high(
+    metadata: &Metadata,
     marks: &BTreeMap<(String, i32), crate::wire::Watermarks>,
     topics: &[String],
 ) -> Option<i64> {
+    let mut total = 0;
     let mut any = false;
-    let total = marks
-        .iter()
-        .filter(|((t, _), _)| topics.contains(t))
-        .map(|(_, w)| {
+    for topic in topics {
+        let info = metadata.topic(topic)?;
+        for partition in &info.partitions {
+            total += marks.get(&(topic.clone(), partition.id))?.high;
             any = true;
-            w.high
-        })
-        .sum();
+        }
+    }
     any.then_some(total)
 }
 
@@ -424,8 +427,8 @@ impl Collector {
         };
         let mut dead_letters = Vec::new();
         if let Some((metadata, marks, committed)) = &kafka {
-            sample.produced = sum_high(marks, &self.names.source_topics);
-            sample.captured = sum_high(marks, &self.names.cdc_topics);
+            sample.produced = sum_high(metadata, marks, &self.names.source_topics);
+            sample.captured = sum_high(metadata, marks, &self.names.cdc_topics);
             let group_totals = |list: &[GroupTopics], out: &mut Vec<GroupLag>| {
                 let mut applied = None::<i64>;
                 let mut lag = None::<i64>;
@@ -433,7 +436,14 @@ impl Collector {
                     let offsets = committed.as_ref().map(|c| c.get(&g.group));
                     let mut g_committed = None::<i64>;
                     let mut g_lag = None::<i64>;
-                    if let Some(offsets) = offsets {
+                    let complete = g.topics.iter().all(|t| {
+                        metadata.topic(t).is_some_and(|info| {
+                            info.partitions
+                                .iter()
+                                .all(|p| marks.contains_key(&(t.clone(), p.id)))
+                        })
+                    });
+                    if let (Some(offsets), true) = (offsets, complete) {
                         for ((topic, partition), w) in marks.iter() {
                             if !g.topics.contains(topic) {
                                 continue;
@@ -615,23 +625,18 @@ struct Rates {
 
 impl Rates {
     fn from_samples(samples: &VecDeque<Sample>) -> Self {
-        let Some(last) = samples.back() else {
-            return Self::default();
-        };
-        let first = samples
-            .iter()
-            .rev()
-            .find(|s| last.at_ms - s.at_ms >= RATE_WINDOW.as_millis() as i64)
-            .or_else(|| samples.front());
-        let Some(first) = first else {
-            return Self::default();
-        };
-        let seconds = (last.at_ms - first.at_ms) as f64 / 1000.0;
         let rate = |f: fn(&Sample) -> Option<i64>| -> Option<f64> {
-            if seconds <= 0.0 {
-                return None;
-            }
-            Some(((f(last)? - f(first)?) as f64 / seconds).max(0.0))
+            let (last_at, last) = samples.iter().rev().find_map(|s| Some((s.at_ms, f(s)?)))?;
+            // The newest sample at least a window older, or else the oldest with a value.
+            let window = i64::try_from(RATE_WINDOW.as_millis()).unwrap_or(i64::MAX);
+            let (first_at, first) = samples
+                .iter()
+                .rev()
+                .filter(|s| last_at - s.at_ms >= window)
+                .find_map(|s| Some((s.at_ms, f(s)?)))
+                .or_else(|| samples.iter().find_map(|s| Some((s.at_ms, f(s)?))))?;
+            let seconds = (last_at - first_at) as f64 / 1000.0;
+            (seconds > 0.0).then(|| ((last - first) as f64 / seconds).max(0.0))
         };
         Self {
             produced: rate(|s| s.produced),

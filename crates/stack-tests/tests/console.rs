@@ -201,12 +201,17 @@ where
 {
     let browser = Browser::start().await?;
     let (browser, outcome) = scenario(browser).await;
+    if outcome.is_err() {
+        let name = std::thread::current()
+            .name()
+            .unwrap_or("console")
+            .replace("::", "-");
+        if let Err(error) = browser.screenshot(&format!("failed-{name}")).await {
+            eprintln!("no screenshot of the failure: {error}");
+        }
+    }
     browser.close().await;
     outcome
-}
-
-fn number(value: Option<String>) -> Option<f64> {
-    value.and_then(|v| v.parse().ok())
 }
 
 // --- the overview after a run, and a dead letter's reason ----------------------------------------
@@ -300,24 +305,32 @@ async fn the_overview_shows_every_service_and_the_pipelines_rates_and_a_dead_let
             browser.open(&console.url("/")).await?;
             // Each hop's highest rate seen so far: the hops run one after the other.
             let seen = std::cell::Cell::new([0.0_f64; 3]);
-            wait_for(
+            let read_rates = "return ['produced', 'pg_applied', 'captured'].map(h => \
+                { const e = document.querySelector('[data-hop=' + h + ']'); \
+                  return e ? parseFloat(e.getAttribute('data-rate')) || 0 : 0; });";
+            let waited = wait_for(
                 "every hop's rate above 0",
                 Duration::from_secs(60),
                 || async {
+                    let rates: Vec<f64> = serde_json::from_value(
+                        browser.client.execute(read_rates, Vec::new()).await?,
+                    )?;
                     let mut best = seen.get();
-                    for (i, hop) in ["produced", "pg_applied", "captured"].iter().enumerate() {
-                        let rate = number(
-                            browser
-                                .attr(&format!("[data-hop={hop}]"), "data-rate")
-                                .await?,
-                        );
-                        best[i] = best[i].max(rate.unwrap_or(0.0));
+                    for (b, r) in best.iter_mut().zip(rates) {
+                        *b = b.max(r);
                     }
                     seen.set(best);
                     Ok(best.iter().all(|r| *r > 0.0).then_some(()))
                 },
             )
-            .await?;
+            .await;
+            if let Err(error) = waited {
+                let (_, overview) = http_get(&console.address, "/api/overview").await?;
+                bail!(
+                    "{error:#}; highest rates seen {:?}; the overview says {overview}",
+                    seen.get()
+                );
+            }
             let rates = seen.get();
             eprintln!(
                 "highest rates seen: produced {:.1}, applied {:.1}, captured {:.1} events/s",
@@ -815,6 +828,12 @@ async fn a_connector_restart_works_with_actions_enabled_and_is_refused_otherwise
         .get("CONNECTOR_NAME")
         .context("CONNECTOR_NAME missing in topology.env")?
         .clone();
+    wait_for(
+        "the connector running before the test",
+        Duration::from_secs(120),
+        || async { Ok(connector_running(&stack, &connector).await?.then_some(())) },
+    )
+    .await?;
     let read_only = Console::start(&stack, &[]).await?;
     let with_actions = Console::start(&stack, &["--enable-actions"]).await?;
 
@@ -837,13 +856,16 @@ async fn a_connector_restart_works_with_actions_enabled_and_is_refused_otherwise
             ensure!(status == serde_json::json!(403), "a restart without actions answered {status}");
 
             // With them: the button restarts the connector, which runs again.
-            browser.open(&with_actions.url("/connect")).await?;
-            browser
-                .client
-                .find(Locator::Css(&format!("#restart-{connector}")))
-                .await?
-                .click()
-                .await?;
+            let button = wait_for("the restart button", Duration::from_secs(15), || async {
+                browser.open(&with_actions.url("/connect")).await?;
+                match browser.client.find(Locator::Css(&format!("#restart-{connector}"))).await {
+                    Ok(button) => Ok(Some(button)),
+                    Err(error) if error.is_no_such_element() => Ok(None),
+                    Err(error) => Err(error.into()),
+                }
+            })
+            .await?;
+            button.click().await?;
             let banner = wait_for("the restart confirmed", Duration::from_secs(10), || async {
                 browser.text("#restarted").await
             })
