@@ -4,7 +4,9 @@
 #   - the console's peak resident memory (VmHWM) after all of it;
 #   - the brokers' CPU with and without the console open, in the same run: alternating windows
 #     of WINDOW seconds, the console stopped, then running with headless chromium holding the
-#     overview open (it refreshes itself every 2 s), and so on ROUNDS times.
+#     overview open (it refreshes itself every 2 s), then the same with the console looking 20
+#     times as often (--sample-interval 100ms) to lift its share above the brokers' own variation,
+#     and so on ROUNDS times.
 #
 # Usage: bash crates/console/bench/budgets.sh   (CDC_STACK_DIR for another state folder)
 # Needs: a running stack (stack/stack.sh up), curl, chromium. Uses port CONSOLE_BENCH_PORT (18080).
@@ -32,8 +34,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_console() {
-    "$BIN" --listen "127.0.0.1:$PORT" --stack-dir "$STATE" >>"${TMPDIR:-/tmp}/console-bench.log" 2>&1 &
+start_console() { # [console args]
+    "$BIN" --listen "127.0.0.1:$PORT" --stack-dir "$STATE" "$@" >>"${TMPDIR:-/tmp}/console-bench.log" 2>&1 &
     console_pid=$!
     for _ in $(seq 1 100); do
         curl -fs -o /dev/null "$URL/livez" && return 0
@@ -67,6 +69,7 @@ window_cpu() {
     awk -v t=$((after - before)) -v hz="$TICKS" -v w="$WINDOW" 'BEGIN { printf "%.2f", 100 * t / hz / w }'
 }
 
+if [[ ${RENDER:-1} == 1 ]]; then
 echo "== render times ($REQUESTS requests per page, release build)"
 start_console
 sleep 5 # a few looks, so the overview has history
@@ -87,21 +90,24 @@ done
 printf 'all pages: p95 %.1f ms over %d requests\n' \
     "$(printf '%s\n' "${all[@]}" | sort -n | awk '{a[NR]=$1} END {print 1000*a[int(NR*0.95+0.5)]}')" "${#all[@]}"
 stop_console
+fi
 
-echo "== brokers' CPU, $ROUNDS rounds of ${WINDOW} s without and with the console open"
+echo "== brokers' CPU, $ROUNDS rounds of ${WINDOW} s: without the console, with it open, with it open looking every 100 ms"
 without=()
 with=()
+amplified=()
 peak=0
-for round in $(seq 1 "$ROUNDS"); do
-    without+=("$(window_cpu)")
-    start_console
+open_console() { # [console args]: the console, and chromium holding the overview open
+    start_console "$@"
     profile=$(mktemp -d)
     chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
         --disable-sync --no-first-run --disable-quic --user-data-dir="$profile" --remote-debugging-port=0 \
         "$URL/" >/dev/null 2>&1 &
     chromium_pid=$!
     sleep 3
-    with+=("$(window_cpu)")
+}
+close_console() {
+    local hwm
     hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$console_pid/status")
     ((hwm > peak)) && peak=$hwm
     kill "$chromium_pid" 2>/dev/null && wait "$chromium_pid" 2>/dev/null || true
@@ -109,13 +115,24 @@ for round in $(seq 1 "$ROUNDS"); do
     rm -rf "$profile"
     profile=""
     stop_console
-    echo "round $round: without ${without[-1]} %, with ${with[-1]} % of one core (3 brokers together)"
+}
+for round in $(seq 1 "$ROUNDS"); do
+    without+=("$(window_cpu)")
+    open_console
+    with+=("$(window_cpu)")
+    close_console
+    open_console --sample-interval 100ms
+    amplified+=("$(window_cpu)")
+    close_console
+    echo "round $round: without ${without[-1]} %, with ${with[-1]} %, with 20x looks ${amplified[-1]} % of one core (3 brokers together)"
 done
-awk -v a="${without[*]}" -v b="${with[*]}" 'BEGIN {
-    n = split(a, x, " "); split(b, y, " ");
-    for (i = 1; i <= n; i++) { sx += x[i]; sy += y[i] }
-    printf "brokers: %.2f %% without, %.2f %% with the console open: +%.2f points, +%.1f %% relative\n",
-        sx / n, sy / n, (sy - sx) / n, 100 * (sy - sx) / sx }'
+awk -v a="${without[*]}" -v b="${with[*]}" -v c="${amplified[*]}" 'BEGIN {
+    n = split(a, x, " "); split(b, y, " "); split(c, z, " ");
+    for (i = 1; i <= n; i++) { sx += x[i]; sy += y[i]; sz += z[i] }
+    sx /= n; sy /= n; sz /= n;
+    printf "brokers: %.2f %% without, %.2f %% with the console open (%+.2f points, %+.1f %% relative)\n", sx, sy, sy - sx, 100 * (sy - sx) / sx;
+    printf "with 20x looks: %.2f %% (%+.2f points); so one look every 2 s costs the brokers about %.3f points, %.2f %% of their CPU\n",
+        sz, sz - sx, (sz - sx) / 20, 100 * (sz - sx) / 20 / sx }'
 
 echo "== console memory"
 start_console

@@ -20,7 +20,10 @@ fn escape(text: &str) -> String {
 /// An SVG sparkline of `series` ending at `now_ms`, spanning [`HISTORY`]; `label` names it and
 /// `format` writes its values.
 pub fn sparkline(label: &str, series: &Series, now_ms: i64, format: fn(f64) -> String) -> String {
-    let span = HISTORY.as_millis() as f64;
+    // Up to [`HISTORY`]: a console that started a minute ago spreads its minute over the width.
+    let history = HISTORY.as_millis() as f64;
+    let first = series.first().map_or(now_ms as f64 - history, |(t, _)| *t as f64);
+    let span = (now_ms as f64 - first).clamp(60_000.0, history);
     let start = now_ms as f64 - span;
     let max = series.iter().map(|(_, v)| *v).fold(0.0_f64, f64::max);
     let top = if max > 0.0 { max } else { 1.0 };
@@ -33,8 +36,9 @@ pub fn sparkline(label: &str, series: &Series, now_ms: i64, format: fn(f64) -> S
     let latest = series
         .last()
         .map_or_else(|| "–".to_owned(), |(_, v)| format(*v));
+    let minutes = (span / 60_000.0).round();
     let title = format!(
-        "{label}: latest {latest}, highest {} over the last 15 minutes",
+        "{label}: latest {latest}, highest {} over the last {minutes} minutes",
         format(max)
     );
     let mut svg = format!(
@@ -64,9 +68,10 @@ pub fn sparkline(label: &str, series: &Series, now_ms: i64, format: fn(f64) -> S
     }
     let _ = write!(
         svg,
-        r#"<text x="{:.0}" y="12" class="spark-max">max {}</text></svg>"#,
+        r#"<text x="{:.0}" y="12" class="spark-max">max {}</text><text x="4" y="{:.0}" class="spark-span">{minutes} min</text></svg>"#,
         WIDTH - 4.0,
-        escape(&format(max))
+        escape(&format(max)),
+        HEIGHT - 5.0
     );
     svg
 }
@@ -83,7 +88,9 @@ mod tests {
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("polyline"));
         assert!(svg.contains("produced &lt;events/s&gt;: latest 100"));
+        // One minute of points spans the width.
         assert!(svg.contains("257.0,3.0"));
+        assert!(svg.contains("3.0,53.0 "), "{svg}");
         let empty = sparkline("lag", &Vec::new(), now, |v| format!("{v}"));
         assert!(empty.contains("collecting"));
     }
