@@ -269,6 +269,8 @@ group.initial.rebalance.delay.ms=0
 num.network.threads=2
 num.io.threads=4
 log.retention.hours=168
+message.max.bytes=$KAFKA_MESSAGE_MAX_BYTES
+replica.fetch.max.bytes=$KAFKA_MESSAGE_MAX_BYTES
 EOF
     done
     local cid_file="$STATE/kafka/cluster.id"
@@ -455,6 +457,7 @@ plugin.discovery=hybrid_warn
 producer.linger.ms=5
 producer.acks=all
 producer.enable.idempotence=true
+producer.max.request.size=$KAFKA_MESSAGE_MAX_BYTES
 EOF
 }
 
@@ -848,6 +851,9 @@ cmd_pipeline() {
     # shellcheck disable=SC2064 # expand now: the pid is known
     trap "kill -TERM $cdc_pid 2>/dev/null || true" EXIT
 
+    # Dead letters counted by the verifier are this run's: none is expected.
+    local started_at
+    started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
     say "producer: ${PIPELINE_USERS:-100} users, ${PIPELINE_ORDERS:-300} orders"
     "$bin/producer" --users "${PIPELINE_USERS:-100}" --orders "${PIPELINE_ORDERS:-300}" >"$LOGS/producer.out" \
         2>>"$LOGS/producer.log" || { cat "$LOGS/producer.out"; fail_service producer "the producer failed"; }
@@ -865,7 +871,8 @@ cmd_pipeline() {
 
     say "verify: waiting for the pipeline to be quiet, then comparing PostgreSQL with Cassandra"
     local verdict=0
-    "$bin/cdcconsumer" verify --quiet-timeout-secs "${PIPELINE_QUIET_SECS:-300}" 2>>"$LOGS/verify.log" || verdict=$?
+    "$bin/cdcconsumer" verify --quiet-timeout-secs "${PIPELINE_QUIET_SECS:-300}" \
+        --dead-letters-since "$started_at" --fail-on-dead-letters 2>>"$LOGS/verify.log" || verdict=$?
     kill -TERM "$cdc_pid" 2>/dev/null || true
     wait "$cdc_pid" || fail_service cdcconsumer "cdcconsumer failed"
     trap - EXIT
@@ -885,6 +892,22 @@ cmd_test() {
     (cd "$ROOT" && cargo test --workspace --all-targets "$@")
 }
 
+# The pipeline under a seeded schedule of combined faults (crates/chaos): brokers, Connect,
+# PostgreSQL and Cassandra nodes killed or paused, the consumers killed and churned, bad records;
+# then every acknowledged event must be accounted for and Cassandra must equal PostgreSQL.
+cmd_chaos() {
+    cmd_up
+    [[ $PROFILE == ha ]] || die "chaos needs the ha profile (3 brokers, 3 Cassandra nodes)"
+    say "building the chaos runner and the pipeline binaries (release)"
+    # One package per build, as the runner builds them: the same features, so nothing is rebuilt.
+    local package
+    for package in chaos producer consumer cdcconsumer; do
+        (cd "$ROOT" && cargo build --release --locked --quiet -p "$package" --bin "$package") ||
+            die "cargo build -p $package failed"
+    done
+    LOG_LEVEL="${LOG_LEVEL:-warn,chaos=info}" "${CARGO_TARGET_DIR:-$ROOT/target}/release/chaos" "$@"
+}
+
 usage() {
     cat <<EOF
 usage: stack/stack.sh <command>
@@ -892,6 +915,8 @@ usage: stack/stack.sh <command>
   pipeline            the main job: stack up (if needed), producer -> Kafka -> consumer -> PostgreSQL
                       -> Debezium -> cdcconsumer -> Cassandra, then the verifier's comparison
   test [cargo args]   bring the stack up (if needed) and run the whole test suite
+  chaos [options]     the pipeline under seeded combined faults, then the full account
+                      (--minutes N --rate R --seed S; --help for all)
   up                  fetch artifacts if needed, start every service, wait until all are healthy
                       (CDC_PROFILE=lite for 1 broker + 1 Cassandra node at RF 1)
   down [--wipe]       stop the services this stack started; --wipe also deletes all data
@@ -918,6 +943,7 @@ main() {
         up) cmd_up ;;
         pipeline) cmd_pipeline ;;
         test) cmd_test "$@" ;;
+        chaos) cmd_chaos "$@" ;;
         down) cmd_down "$@" ;;
         status) cmd_status ;;
         logs) apply_profile; cmd_logs "$@" ;;
