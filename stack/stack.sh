@@ -192,12 +192,27 @@ is_running() {
     fi
 }
 
+# Closes every descriptor above stderr in this (sub)shell: a service must not keep what its caller
+# had open (a lock taken with flock around stack.sh, the pipes of a test harness), or the caller's
+# lock and pipes would live as long as the service.
+close_inherited_fds() {
+    local fd
+    for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        ((fd > 2)) && eval "exec $fd>&-" 2>/dev/null
+    done
+    return 0
+}
+
 # launch <service> <java args...>: starts a detached JVM, its output in logs/<service>.log.
 launch_java() {
     local svc=$1
     shift
     mkdir -p "$LOGS" "$RUN"
-    setsid nohup java -Dcdc.stack.service="$svc" "$@" >>"$LOGS/$svc.log" 2>&1 </dev/null &
+    (
+        close_inherited_fds
+        exec setsid nohup java -Dcdc.stack.service="$svc" "$@" >>"$LOGS/$svc.log" 2>&1 </dev/null
+    ) &
     echo $! >"$RUN/$svc.pid"
 }
 
@@ -411,8 +426,10 @@ EOF
 
 postgres_start() {
     is_running postgres && return 0
-    as_postgres "$PG_BIN/pg_ctl" -D "$(pg_home)/data" -l "$(pg_home)/postgres.log" -w -t 120 start >/dev/null ||
-        fail_service postgres "pg_ctl start failed"
+    (
+        close_inherited_fds
+        as_postgres "$PG_BIN/pg_ctl" -D "$(pg_home)/data" -l "$(pg_home)/postgres.log" -w -t 120 start >/dev/null
+    ) || fail_service postgres "pg_ctl start failed"
 }
 
 postgres_bootstrap() {
