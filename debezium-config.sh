@@ -19,6 +19,8 @@
 #   TOPIC_REPLICATION_FACTOR, CDC_TOPIC_PARTITIONS
 #   HEARTBEAT_INTERVAL_MS  heartbeat period                       (10000)
 #   DECIMAL_HANDLING_MODE  precise | string | double              (precise)
+#   DEBEZIUM_UNAVAILABLE_PLACEHOLDER  value sent for an unchanged TOASTed column
+#   KAFKA_MESSAGE_MAX_BYTES           largest record the connector may send (32 MiB)
 #   WAIT_SECONDS           how long to wait for RUNNING           (180)
 set -Eeuo pipefail
 
@@ -45,6 +47,8 @@ RF=${TOPIC_REPLICATION_FACTOR:-${KAFKA_DEFAULT_REPLICATION_FACTOR:-3}}
 PARTITIONS=${CDC_TOPIC_PARTITIONS:-3}
 HEARTBEAT_INTERVAL_MS=${HEARTBEAT_INTERVAL_MS:-10000}
 DECIMAL_HANDLING_MODE=${DECIMAL_HANDLING_MODE:-precise}
+UNAVAILABLE_PLACEHOLDER=${DEBEZIUM_UNAVAILABLE_PLACEHOLDER:-__cdc_unchanged_toast_6b1d0e57a2c94f38}
+MAX_MESSAGE_BYTES=${KAFKA_MESSAGE_MAX_BYTES:-33554432}
 WAIT_SECONDS=${WAIT_SECONDS:-180}
 KAFKA_TOPICS_CMD=${KAFKA_TOPICS_CMD:-}
 
@@ -106,6 +110,8 @@ config=$(
   "publication.autocreate.mode": "disabled",
   "snapshot.mode": "initial",
   "decimal.handling.mode": "$DECIMAL_HANDLING_MODE",
+  "unavailable.value.placeholder": "$UNAVAILABLE_PLACEHOLDER",
+  "producer.override.max.request.size": "$MAX_MESSAGE_BYTES",
   "time.precision.mode": "adaptive",
   "tombstones.on.delete": "true",
   "skipped.operations": "none",
@@ -116,9 +122,7 @@ config=$(
   "max.queue.size": "8192",
   "topic.creation.default.replication.factor": "$RF",
   "topic.creation.default.partitions": "$PARTITIONS",
-  "errors.max.retries": "-1",
-  "errors.retry.delay.initial.ms": "300",
-  "errors.retry.delay.max.ms": "10000"
+  "errors.max.retries": "-1"
 }
 EOF
 )

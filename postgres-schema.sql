@@ -55,6 +55,48 @@ $$;
 -- A user's soft delete marks their live orders deleted at the same instant. The consumer applies
 -- the same rule to an order that arrives after its user was deleted (see crates/core/src/pg.rs), so
 -- the result does not depend on which arrives first.
+-- Values the pipeline cannot carry to Cassandra are refused here, loudly, instead of reaching the
+-- sinks: ±infinity timestamps and dates, dates and times beyond year 262142 (what the sinks can
+-- represent; PostgreSQL goes further), a NaN amount (NUMERIC(12, 2) admits NaN but no infinity),
+-- and rows whose text exceeds 4 MiB (a change record carries a row twice, before and after, and
+-- Kafka takes records up to 32 MiB: stack/topology.env). Years before 1 AD and up to 262142, and
+-- rows up to that size, are mirrored exactly. Added only when missing, NOT VALID (no scan of
+-- existing rows, a short lock on first start only).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                    WHERE conrelid = 'users'::regclass AND conname = 'users_values_mirrorable') THEN
+        ALTER TABLE users ADD CONSTRAINT users_values_mirrorable CHECK (
+            created_at > '-infinity' AND created_at < '262143-01-01 00:00:00+00'
+            AND updated_at > '-infinity' AND updated_at < '262143-01-01 00:00:00+00'
+            AND (deleted_at IS NULL
+                 OR (deleted_at > '-infinity' AND deleted_at < '262143-01-01 00:00:00+00'))
+        ) NOT VALID;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                    WHERE conrelid = 'users'::regclass AND conname = 'users_row_size_mirrorable') THEN
+        ALTER TABLE users ADD CONSTRAINT users_row_size_mirrorable
+            CHECK (octet_length(name) + octet_length(email) <= 4194304) NOT VALID;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                    WHERE conrelid = 'orders'::regclass AND conname = 'orders_row_size_mirrorable') THEN
+        ALTER TABLE orders ADD CONSTRAINT orders_row_size_mirrorable
+            CHECK (octet_length(product) + octet_length(status) <= 4194304) NOT VALID;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                    WHERE conrelid = 'orders'::regclass AND conname = 'orders_values_mirrorable') THEN
+        ALTER TABLE orders ADD CONSTRAINT orders_values_mirrorable CHECK (
+            amount <> 'NaN'
+            AND order_date > '-infinity' AND order_date < '262143-01-01'
+            AND created_at > '-infinity' AND created_at < '262143-01-01 00:00:00+00'
+            AND updated_at > '-infinity' AND updated_at < '262143-01-01 00:00:00+00'
+            AND (deleted_at IS NULL
+                 OR (deleted_at > '-infinity' AND deleted_at < '262143-01-01 00:00:00+00'))
+        ) NOT VALID;
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION mark_user_orders_deleted() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN

@@ -194,12 +194,27 @@ is_running() {
     fi
 }
 
+# Closes every descriptor above stderr in this (sub)shell: a service must not keep what its caller
+# had open (a lock taken with flock around stack.sh, the pipes of a test harness), or the caller's
+# lock and pipes would live as long as the service.
+close_inherited_fds() {
+    local fd
+    for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        ((fd > 2)) && eval "exec $fd>&-" 2>/dev/null
+    done
+    return 0
+}
+
 # launch <service> <java args...>: starts a detached JVM, its output in logs/<service>.log.
 launch_java() {
     local svc=$1
     shift
     mkdir -p "$LOGS" "$RUN"
-    setsid nohup java -Dcdc.stack.service="$svc" "$@" >>"$LOGS/$svc.log" 2>&1 </dev/null &
+    (
+        close_inherited_fds
+        exec setsid nohup java -Dcdc.stack.service="$svc" "$@" >>"$LOGS/$svc.log" 2>&1 </dev/null
+    ) &
     echo $! >"$RUN/$svc.pid"
 }
 
@@ -271,6 +286,8 @@ group.initial.rebalance.delay.ms=0
 num.network.threads=2
 num.io.threads=4
 log.retention.hours=168
+message.max.bytes=$KAFKA_MESSAGE_MAX_BYTES
+replica.fetch.max.bytes=$KAFKA_MESSAGE_MAX_BYTES
 EOF
     done
     local cid_file="$STATE/kafka/cluster.id"
@@ -411,8 +428,10 @@ EOF
 
 postgres_start() {
     is_running postgres && return 0
-    as_postgres "$PG_BIN/pg_ctl" -D "$(pg_home)/data" -l "$(pg_home)/postgres.log" -w -t 120 start >/dev/null ||
-        fail_service postgres "pg_ctl start failed"
+    (
+        close_inherited_fds
+        as_postgres "$PG_BIN/pg_ctl" -D "$(pg_home)/data" -l "$(pg_home)/postgres.log" -w -t 120 start >/dev/null
+    ) || fail_service postgres "pg_ctl start failed"
 }
 
 postgres_bootstrap() {
@@ -457,6 +476,7 @@ plugin.discovery=hybrid_warn
 producer.linger.ms=5
 producer.acks=all
 producer.enable.idempotence=true
+producer.max.request.size=$KAFKA_MESSAGE_MAX_BYTES
 EOF
 }
 
@@ -632,12 +652,17 @@ console_start() {
     fi
     local args=()
     [[ -n ${CONSOLE_ENABLE_ACTIONS:-} && ${CONSOLE_ENABLE_ACTIONS:-} != 0 ]] && args+=(--enable-actions)
-    KAFKA_BROKERS="$KAFKA_BOOTSTRAP" CONNECT_URL="http://127.0.0.1:$CONNECT_PORT" \
-        DATABASE_URL="postgres://$POSTGRES_APP_USER:$POSTGRES_APP_PASSWORD@127.0.0.1:$POSTGRES_PORT/$POSTGRES_DB" \
-        CASSANDRA_NODES="$(cassandra_nodes)" SLOT_NAME="$DEBEZIUM_SLOT_NAME" CONNECTOR_NAME="$CONNECTOR_NAME" \
-        LOG_LEVEL="${CONSOLE_LOG_LEVEL:-info,scylla=warn}" \
-        setsid nohup "$bin" --stack-dir "$STATE" --listen "127.0.0.1:$CONSOLE_PORT" "${args[@]}" \
-        >>"$LOGS/console.log" 2>&1 </dev/null &
+    local nodes
+    nodes=$(cassandra_nodes)
+    (
+        close_inherited_fds
+        export KAFKA_BROKERS="$KAFKA_BOOTSTRAP" CONNECT_URL="http://127.0.0.1:$CONNECT_PORT" \
+            DATABASE_URL="postgres://$POSTGRES_APP_USER:$POSTGRES_APP_PASSWORD@127.0.0.1:$POSTGRES_PORT/$POSTGRES_DB" \
+            CASSANDRA_NODES="$nodes" SLOT_NAME="$DEBEZIUM_SLOT_NAME" CONNECTOR_NAME="$CONNECTOR_NAME" \
+            LOG_LEVEL="${CONSOLE_LOG_LEVEL:-info,scylla=warn}"
+        exec setsid nohup "$bin" --stack-dir "$STATE" --listen "127.0.0.1:$CONSOLE_PORT" "${args[@]}" \
+            >>"$LOGS/console.log" 2>&1 </dev/null
+    ) &
     echo $! >"$RUN/console.pid"
 }
 
@@ -706,9 +731,11 @@ cmd_up() {
     wait_until cassandra1 "${#CASS_ADDRS[@]} nodes Up/Normal as seen from every node" "$READY_TIMEOUT" cassandra_all_up
     cassandra_schema
     say "cassandra ready (${#CASS_ADDRS[@]} nodes UN, keyspace $CASSANDRA_KEYSPACE at RF $CASSANDRA_REPLICATION_FACTOR)"
-    console_start
-    console_ready
-    say "console ready on http://127.0.0.1:$CONSOLE_PORT"
+    if [[ -z ${CONSOLE_LATER:-} ]]; then
+        console_start
+        console_ready
+        say "console ready on http://127.0.0.1:$CONSOLE_PORT"
+    fi
     say "stack up in $((SECONDS - started))s"
 }
 
@@ -871,9 +898,36 @@ cmd_start() {
 # The main job: the stack (if not up), then producer -> Kafka -> consumer -> PostgreSQL, with a
 # summary of each step. Debezium captures the changes into the cdc.public.* topics as they land.
 cmd_pipeline() {
-    cmd_up
-    say "building the pipeline binaries (release)"
-    (cd "$ROOT" && cargo build --release --quiet -p producer -p consumer -p cdcconsumer) || die "cargo build failed"
+    local started=$SECONDS
+    mkdir -p "$STATE" "$LOGS"
+    # The release build runs while the artifacts download and the services start: on a fresh
+    # machine both take minutes, and the build is CPU-bound while downloads and JVM start-ups wait.
+    say "building the pipeline binaries (release) in the background; log in $LOGS/build.log"
+    (
+        close_inherited_fds
+        cd "$ROOT" || exit 1
+        build_started=$SECONDS
+        cargo build --release -p producer -p consumer -p cdcconsumer -p console
+        rc=$?
+        echo $((SECONDS - build_started)) >"$STATE/build.secs"
+        exit $rc
+    ) >"$LOGS/build.log" 2>&1 </dev/null &
+    local build_pid=$!
+    # shellcheck disable=SC2064 # expand now: the pid is known
+    trap "kill $build_pid 2>/dev/null || true" EXIT
+    # the console is built with the pipeline and starts once the build is done
+    CONSOLE_LATER=1 cmd_up
+    local up_secs=$((SECONDS - started)) waited=$SECONDS
+    say "waiting for the release build"
+    wait "$build_pid" || { tail -30 "$LOGS/build.log" >&2; die "cargo build failed (see $LOGS/build.log)"; }
+    trap - EXIT
+    waited=$((SECONDS - waited))
+    console_start
+    console_ready
+    say "console ready on http://127.0.0.1:$CONSOLE_PORT"
+    local build_secs
+    build_secs=$(cat "$STATE/build.secs" 2>/dev/null || echo "?")
+    local run_started=$SECONDS
     local bin="${CARGO_TARGET_DIR:-$ROOT/target}/release"
     export KAFKA_BROKERS="$KAFKA_BOOTSTRAP" REPLICATION_FACTOR="$KAFKA_DEFAULT_REPLICATION_FACTOR"
     export DATABASE_URL="postgres://$POSTGRES_APP_USER:$POSTGRES_APP_PASSWORD@127.0.0.1:$POSTGRES_PORT/$POSTGRES_DB"
@@ -890,6 +944,9 @@ cmd_pipeline() {
     # shellcheck disable=SC2064 # expand now: the pid is known
     trap "kill -TERM $cdc_pid 2>/dev/null || true" EXIT
 
+    # Dead letters counted by the verifier are this run's: none is expected.
+    local started_at
+    started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
     say "producer: ${PIPELINE_USERS:-100} users, ${PIPELINE_ORDERS:-300} orders"
     "$bin/producer" --users "${PIPELINE_USERS:-100}" --orders "${PIPELINE_ORDERS:-300}" >"$LOGS/producer.out" \
         2>>"$LOGS/producer.log" || { cat "$LOGS/producer.out"; fail_service producer "the producer failed"; }
@@ -907,8 +964,9 @@ cmd_pipeline() {
 
     say "verify: waiting for the pipeline to be quiet, then comparing PostgreSQL with Cassandra"
     local verdict=0
-    "$bin/cdcconsumer" verify --quiet-timeout-secs "${PIPELINE_QUIET_SECS:-300}" >"$LOGS/verify.out" 2>>"$LOGS/verify.log" ||
-        verdict=$?
+    "$bin/cdcconsumer" verify --quiet-timeout-secs "${PIPELINE_QUIET_SECS:-300}" \
+        --dead-letters-since "$started_at" --fail-on-dead-letters \
+        >"$LOGS/verify.out" 2>>"$LOGS/verify.log" || verdict=$?
     cat "$LOGS/verify.out"
     # kept for the console's overview
     { echo "finished_at=$(date -u +%Y-%m-%dT%H:%M:%SZ) exit=$verdict"; cat "$LOGS/verify.out"; } >"$STATE/last-verify.txt"
@@ -917,6 +975,8 @@ cmd_pipeline() {
     trap - EXIT
     cat "$LOGS/cdcconsumer.out"
     cmd_status
+    say "phases: stack up ${up_secs}s; release build ${build_secs}s (alongside the stack; ${waited}s waited after it);" \
+        "pipeline $((SECONDS - run_started))s; total $((SECONDS - started))s"
     case $verdict in
         0) say "pipeline done: Cassandra matches PostgreSQL" ;;
         1) die "Cassandra differs from PostgreSQL (see the report above)" ;;
@@ -931,6 +991,22 @@ cmd_test() {
     (cd "$ROOT" && cargo test --workspace --all-targets "$@")
 }
 
+# The pipeline under a seeded schedule of combined faults (crates/chaos): brokers, Connect,
+# PostgreSQL and Cassandra nodes killed or paused, the consumers killed and churned, bad records;
+# then every acknowledged event must be accounted for and Cassandra must equal PostgreSQL.
+cmd_chaos() {
+    cmd_up
+    [[ $PROFILE == ha ]] || die "chaos needs the ha profile (3 brokers, 3 Cassandra nodes)"
+    say "building the chaos runner and the pipeline binaries (release)"
+    # One package per build, as the runner builds them: the same features, so nothing is rebuilt.
+    local package
+    for package in chaos producer consumer cdcconsumer; do
+        (cd "$ROOT" && cargo build --release --locked --quiet -p "$package" --bin "$package") ||
+            die "cargo build -p $package failed"
+    done
+    LOG_LEVEL="${LOG_LEVEL:-warn,chaos=info}" "${CARGO_TARGET_DIR:-$ROOT/target}/release/chaos" "$@"
+}
+
 usage() {
     cat <<EOF
 usage: stack/stack.sh <command>
@@ -938,6 +1014,8 @@ usage: stack/stack.sh <command>
   pipeline            the main job: stack up (if needed), producer -> Kafka -> consumer -> PostgreSQL
                       -> Debezium -> cdcconsumer -> Cassandra, then the verifier's comparison
   test [cargo args]   bring the stack up (if needed) and run the whole test suite
+  chaos [options]     the pipeline under seeded combined faults, then the full account
+                      (--minutes N --rate R --seed S; --help for all)
   up                  fetch artifacts if needed, start every service, wait until all are healthy
                       (CDC_PROFILE=lite for 1 broker + 1 Cassandra node at RF 1)
   down [--wipe]       stop the services this stack started; --wipe also deletes all data
@@ -967,6 +1045,7 @@ main() {
         up) cmd_up ;;
         pipeline) cmd_pipeline ;;
         test) cmd_test "$@" ;;
+        chaos) cmd_chaos "$@" ;;
         down) cmd_down "$@" ;;
         status) cmd_status ;;
         logs) apply_profile; cmd_logs "$@" ;;

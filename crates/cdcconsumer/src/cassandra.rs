@@ -267,6 +267,8 @@ pub struct Statements {
     tables: Vec<TableStatements>,
     set_truncation: PreparedStatement,
     truncations: PreparedStatement,
+    source_identifier: PreparedStatement,
+    set_source_identifier: PreparedStatement,
 }
 
 /// `a = ? AND b = ?` over the key columns.
@@ -328,6 +330,14 @@ impl Statements {
                 "SELECT table_name, lsn FROM {keyspace}.truncations"
             ))
             .await?,
+            source_identifier: prepare(format!(
+                "SELECT system_identifier FROM {keyspace}.source WHERE name = 'postgresql'"
+            ))
+            .await?,
+            set_source_identifier: prepare(format!(
+                "INSERT INTO {keyspace}.source (name, system_identifier) VALUES ('postgresql', ?)"
+            ))
+            .await?,
         })
     }
 
@@ -371,6 +381,34 @@ impl Statements {
     ) -> Result<(), CassandraError> {
         session
             .execute_unpaged(&self.set_truncation, (table.name, lsn, lsn))
+            .await?;
+        Ok(())
+    }
+
+    /// The system identifier of the PostgreSQL cluster the keyspace was filled from, if recorded.
+    pub async fn source_identifier(
+        &self,
+        session: &Session,
+    ) -> Result<Option<i64>, CassandraError> {
+        let rows = session
+            .execute_unpaged(&self.source_identifier, ())
+            .await?
+            .into_rows_result()
+            .map_err(|e| CassandraError::Read(e.to_string()))?;
+        let row = rows
+            .maybe_first_row::<(Option<i64>,)>()
+            .map_err(|e| CassandraError::Read(e.to_string()))?;
+        Ok(row.and_then(|(id,)| id))
+    }
+
+    /// Records the system identifier of the PostgreSQL cluster the keyspace is filled from.
+    pub async fn set_source_identifier(
+        &self,
+        session: &Session,
+        identifier: i64,
+    ) -> Result<(), CassandraError> {
+        session
+            .execute_unpaged(&self.set_source_identifier, (identifier,))
             .await?;
         Ok(())
     }

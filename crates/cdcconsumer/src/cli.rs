@@ -4,19 +4,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use cdc_core::config::{KafkaArgs, LogArgs, PostgresArgs, RuntimeArgs};
-use cdc_core::debezium::DecimalMode;
+use cdc_core::config::{parse_time, KafkaArgs, LogArgs, PostgresArgs, RuntimeArgs};
+use cdc_core::debezium::{DecimalMode, Encoding};
 use cdc_core::dlq::DeadLetters;
 use cdc_core::metrics::Metrics;
+use cdc_core::retry::retry;
 use cdc_core::runtime::{self, RunEnd};
 use cdc_core::topics::{ensure_topics_with, TopicSpec};
+use chrono::{DateTime, Utc};
 use clap::{Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::cassandra::{self, CassandraArgs, Statements};
 use crate::handler::gates::KeyGates;
+use crate::handler::positions::PositionGuard;
 use crate::handler::{self, CdcHandler, CdcMetrics};
+use crate::slot::{self, SlotMetrics};
 use crate::verify::{self, CompareOptions, GroupTopics, QuietOptions};
+
+/// The placeholder the local stack's connector is configured with (`stack/topology.env`).
+pub const DEFAULT_UNAVAILABLE_PLACEHOLDER: &str = "__cdc_unchanged_toast_6b1d0e57a2c94f38";
 
 /// Keeps Cassandra in sync with PostgreSQL from Debezium's change events.
 #[derive(Debug, clap::Parser)]
@@ -102,6 +109,15 @@ pub struct RunArgs {
         default_value = "precise"
     )]
     pub decimal_handling_mode: Decimals,
+    /// The connector's `unavailable.value.placeholder`: the value it sends for an unchanged TOASTed
+    /// column (honoured in text columns only). Set one of your own in the connector; Debezium's
+    /// default, `__debezium_unavailable_value`, is a value a row could hold.
+    #[arg(
+        long,
+        env = "UNAVAILABLE_VALUE_PLACEHOLDER",
+        default_value = DEFAULT_UNAVAILABLE_PLACEHOLDER
+    )]
+    pub unavailable_value_placeholder: String,
     /// Apply cassandra-schema.cql at start.
     #[arg(long, env = "APPLY_SCHEMA", default_value_t = true, action = clap::ArgAction::Set)]
     pub apply_schema: bool,
@@ -109,6 +125,22 @@ pub struct RunArgs {
     /// disable.
     #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9465")]
     pub metrics_addr: String,
+    /// The source PostgreSQL, asked for its current WAL position and system identifier only: a
+    /// position beyond it is refused (`impossible_position`), and a keyspace filled from another
+    /// cluster is refused at start. Any role may ask.
+    #[command(flatten)]
+    pub source: PostgresArgs,
+    /// Check positions against the source (`false`: trust every position, and do not watch the
+    /// slot).
+    #[arg(long, env = "CHECK_POSITIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub check_positions: bool,
+    /// Debezium's replication slot on the source, watched while running: invalidated or missing,
+    /// it makes the process unready and is logged as an error; empty to skip.
+    #[arg(long, env = "SLOT_NAME", default_value = "cdc_slot")]
+    pub slot: String,
+    /// Seconds between two looks at the replication slot.
+    #[arg(long, env = "SLOT_CHECK_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub slot_check_secs: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -135,6 +167,21 @@ pub struct VerifyArgs {
     /// Differences shown per table.
     #[arg(long, default_value_t = 5)]
     pub examples: usize,
+    /// Topics whose dead-letter topics (`<topic>.dlq`) are counted.
+    #[arg(
+        long,
+        env = "DEAD_LETTER_TOPICS",
+        value_delimiter = ',',
+        default_value = "users,orders,cdc.public.users,cdc.public.orders"
+    )]
+    pub dead_letter_topics: Vec<String>,
+    /// Count only dead letters parked at or after this time (RFC 3339); all when not given.
+    #[arg(long, env = "DEAD_LETTERS_SINCE", value_parser = parse_time)]
+    pub dead_letters_since: Option<DateTime<Utc>>,
+    /// Fail (exit 1) when any dead letter is counted: a run that injected no bad records expects
+    /// none.
+    #[arg(long, env = "FAIL_ON_DEAD_LETTERS")]
+    pub fail_on_dead_letters: bool,
 }
 
 fn group_topics(text: &str) -> anyhow::Result<GroupTopics> {
@@ -204,6 +251,32 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     metrics
         .spawn_server(&args.metrics_addr, shutdown.clone())
         .context("parsing --metrics-addr")?;
+    let positions = if args.check_positions {
+        let guard = PositionGuard::connect(args.source.database_url.expose())
+            .context("connecting to the source PostgreSQL")?;
+        check_source(
+            &guard,
+            &session,
+            &statements,
+            &args.common.cassandra.keyspace,
+            args.runtime.give_up_after,
+            &shutdown,
+        )
+        .await?;
+        if !args.slot.is_empty() {
+            tokio::spawn(slot::watch(
+                guard.pool().clone(),
+                args.slot.clone(),
+                metrics.clone(),
+                SlotMetrics::register(&metrics),
+                Duration::from_secs(args.slot_check_secs),
+                shutdown.clone(),
+            ));
+        }
+        Some(guard)
+    } else {
+        None
+    };
     let handler = Arc::new(CdcHandler {
         session: Arc::new(session),
         statements,
@@ -212,8 +285,12 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         cdc_metrics,
         lanes: args.lanes,
         gates: KeyGates::default(),
-        decimals: args.decimal_handling_mode.into(),
+        encoding: Encoding {
+            decimals: args.decimal_handling_mode.into(),
+            unavailable: args.unavailable_value_placeholder.clone(),
+        },
         give_up_after: args.runtime.give_up_after,
+        positions,
     });
     config
         .set("group.id", &args.group)
@@ -250,6 +327,66 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         } => {
             tracing::error!(topic, partition, error = %why, "gave up: a partition's worker ran out of restarts");
             bail!("{topic}/{partition} could not make progress: {why}");
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to start on a keyspace that was filled from another PostgreSQL cluster (its LSNs, and
+/// so its write timestamps, would shadow the new cluster's changes) or that holds a truncation
+/// position beyond the source's WAL. Records the source's identity on first start. Either store
+/// being away (a node restarting, PostgreSQL down) is retried within the give-up budget.
+async fn check_source(
+    guard: &PositionGuard,
+    session: &scylla::client::session::Session,
+    statements: &Statements,
+    keyspace: &str,
+    budget: Duration,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let reset = "see docs/operations.md, \"A re-initialised database\"";
+    let identifier = retry(
+        "ask the source for its system identifier",
+        budget,
+        cancel,
+        || guard.system_identifier(),
+    )
+    .await??;
+    let known = retry("read the keyspace's source", budget, cancel, || {
+        statements.source_identifier(session)
+    })
+    .await??;
+    match known {
+        Some(known) if known != identifier => bail!(
+            "keyspace {keyspace} was filled from PostgreSQL cluster {known}, but the source is \
+             cluster {identifier}: its write timestamps would hide the new cluster's changes; {reset}"
+        ),
+        Some(_) => {}
+        None => retry("record the keyspace's source", budget, cancel, || {
+            statements.set_source_identifier(session, identifier)
+        })
+        .await??,
+    }
+    let wal = retry(
+        "ask the source for its WAL position",
+        budget,
+        cancel,
+        || guard.current_wal(),
+    )
+    .await??;
+    let truncations = retry("read truncation positions", budget, cancel, || {
+        statements.truncations(session)
+    })
+    .await??;
+    for table in cdc_core::tables::CAPTURED {
+        let at = truncations.of(table);
+        if at > wal {
+            bail!(
+                "keyspace {keyspace} records a truncation of {} at LSN {at}, beyond the source's \
+                 current WAL position {wal}: it comes from another PostgreSQL cluster or a forged \
+                 record; {reset}",
+                table.name
+            );
         }
     }
     Ok(())
@@ -308,7 +445,25 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<Verdict> {
     .context("comparing PostgreSQL with Cassandra")?;
     println!("{report}");
     pool.close().await;
-    Ok(if report.is_clean() {
+    let kafka = args.common.kafka.client_config();
+    let (sources, since) = (
+        args.dead_letter_topics.clone(),
+        args.dead_letters_since.map(|t| t.timestamp_millis()),
+    );
+    let dead =
+        tokio::task::spawn_blocking(move || verify::dead_letters::count(&kafka, &sources, since))
+            .await
+            .context("counting dead letters")?
+            .context("counting dead letters")?;
+    println!("{dead}");
+    let unexpected = args.fail_on_dead_letters && dead.total() > 0;
+    if unexpected {
+        println!(
+            "verify: {} dead letters where none were expected",
+            dead.total()
+        );
+    }
+    Ok(if report.is_clean() && !unexpected {
         Verdict::Clean
     } else {
         Verdict::Drift

@@ -5,9 +5,11 @@
 //! - [`cassandra`]: the sink's session, schema and prepared statements.
 //! - [`handler`]: the runtime's batch handler, one module per job (planning, per-key ordering,
 //!   writing, truncations).
+//! - [`slot`]: the source's replication slot, watched while running.
 //! - [`verify`]: "wait until quiet" and "compare".
 
 pub mod cassandra;
 pub mod cli;
 pub mod handler;
+pub mod slot;
 pub mod verify;

@@ -14,6 +14,7 @@ use cdc_core::topics::{ensure_topics_with, TopicSpec};
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::{self, EventHandler};
+use crate::parents::UsersStream;
 use crate::sink;
 
 /// Applies User and Order events from Kafka to PostgreSQL, idempotently and in order per entity.
@@ -34,7 +35,9 @@ pub struct Options {
     pub users_group: String,
     #[arg(long, env = "ORDERS_GROUP", default_value = "cdc-orders-consumer")]
     pub orders_group: String,
-    /// How long an order waits for its user before it is dead-lettered.
+    /// How long an order waits for its user before the consumer asks whether the user can still
+    /// come (the users stream not yet applied past the order's time: it waits again; applied past
+    /// it: the order is dead-lettered as `missing_parent`).
     #[arg(long, env = "PARENT_WAIT_SECS", default_value_t = 30)]
     pub parent_wait_secs: u64,
     /// Address of the metrics (`/metrics`) and health (`/livez`, `/readyz`) endpoint; empty to
@@ -95,6 +98,17 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
     metrics
         .spawn_server(&options.metrics_addr, shutdown.clone())
         .context("parsing --metrics-addr")?;
+    let waiting = prometheus_client::metrics::gauge::Gauge::default();
+    metrics.register(
+        "orders_waiting_for_user",
+        "Orders held back because their user is not in PostgreSQL yet",
+        waiting.clone(),
+    );
+    let users_stream = UsersStream {
+        kafka: options.kafka.client_config(),
+        topic: options.topics.users_topic.clone(),
+        group: options.users_group.clone(),
+    };
     let mut runtime_options = options.runtime.options();
     runtime_options.metrics = Some(metrics.clone());
     let mut runs = Vec::new();
@@ -117,6 +131,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
             parent_wait: Duration::from_secs(options.parent_wait_secs),
             give_up_after: options.runtime.give_up_after,
             metrics: metrics.clone(),
+            users: (kind == EntityKind::Order).then(|| users_stream.clone()),
+            waiting: waiting.clone(),
         });
         let mut config = options.kafka.client_config();
         config

@@ -17,8 +17,10 @@ use cdc_core::outcome::Interrupted;
 use cdc_core::retry::{backoff, retry};
 use cdc_core::runtime::BatchHandler;
 
+use crate::parents::{ProgressError, UsersStream};
 use crate::sink::{self as pg, SinkError};
 use futures::future::BoxFuture;
+use prometheus_client::metrics::gauge::Gauge;
 use uuid::Uuid;
 
 /// Every dead-letter reason of the consumer: an invalid event's ([`events::REASONS`]), an order
@@ -44,6 +46,10 @@ pub struct EventHandler {
     /// How long a failure that is not a record's fault is retried before the batch gives up.
     pub give_up_after: Duration,
     pub metrics: Metrics,
+    /// The users stream, to tell a late user from one that will not come (orders handler only).
+    pub users: Option<UsersStream>,
+    /// Orders currently held back because their user is not there.
+    pub waiting: Gauge,
 }
 
 impl std::fmt::Debug for EventHandler {
@@ -169,10 +175,29 @@ impl EventHandler {
                     }
                 }
                 None => {
+                    let latest = pending
+                        .iter()
+                        .filter_map(|(index, _)| batch[*index].timestamp().to_millis())
+                        .max()
+                        .unwrap_or(0);
+                    if !self.users_applied_past(latest, cancel).await? {
+                        // The user may still come: wait another round, visibly.
+                        tracing::warn!(
+                            orders = pending.len(),
+                            "orders still waiting for their users: the users stream is not \
+                             applied past their time yet"
+                        );
+                        self.waiting
+                            .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+                        waits = backoff(self.parent_wait).build();
+                        continue;
+                    }
+                    self.waiting.set(0);
                     for (index, event) in &pending {
                         let error = format!(
-                            "user {} of order {} did not arrive within {:?}",
-                            event.order.user_id, event.order.id, self.parent_wait
+                            "user {} of order {} did not arrive, and the users stream is applied \
+                             past the order's time",
+                            event.order.user_id, event.order.id
                         );
                         self.dlq
                             .park(&batch[*index], MISSING_PARENT, error, tally, cancel)
@@ -182,6 +207,29 @@ impl EventHandler {
                 }
             }
         }
+    }
+
+    /// Whether the users stream is applied past `timestamp_ms` (without a users stream to ask:
+    /// after the parent wait, as before).
+    async fn users_applied_past(
+        &self,
+        timestamp_ms: i64,
+        cancel: &CancellationToken,
+    ) -> Result<bool, Interrupted> {
+        let Some(users) = &self.users else {
+            return Ok(true);
+        };
+        let ask = || {
+            let users = users.clone();
+            async move {
+                tokio::task::spawn_blocking(move || users.applied_past(timestamp_ms))
+                    .await
+                    .map_err(ProgressError::from)?
+            }
+        };
+        retry("check the users stream", self.give_up_after, cancel, ask)
+            .await?
+            .map_err(|error| Interrupted::gave_up("check the users stream", error))
     }
 }
 

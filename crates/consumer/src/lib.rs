@@ -4,8 +4,10 @@
 //! - [`cli`]: the options and a run ([`cli::run`]): topics, schema, one consumer group per topic.
 //! - `handler`: the runtime's batch handler — decode and validate, park the bad, apply the
 //!   rest with retries, hold orders back until their user exists.
+//! - `parents`: whether a late order's user can still come (the users stream's progress).
 //! - [`sink`]: the PostgreSQL sink — version-guarded UNNEST upserts and the schema.
 
 pub mod cli;
 mod handler;
+mod parents;
 pub mod sink;

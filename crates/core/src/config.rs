@@ -310,6 +310,13 @@ impl From<String> for Secret {
     }
 }
 
+/// Parses an RFC 3339 time (`2026-11-24T10:00:00Z`).
+pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&chrono::Utc))
+        .map_err(|error| format!("`{text}` is not an RFC 3339 time ({error})"))
+}
+
 /// Parses a duration such as `30s`, `500ms`, `5m`, `1h30m` or `1.5s` (units `ms`, `s`, `m`, `h`;
 /// a bare number means seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -33,7 +33,9 @@ use uuid::Uuid;
 
 pub use crate::tables::ColumnType;
 
-/// The placeholder Debezium writes for an unchanged TOASTed column.
+/// Debezium's default `unavailable.value.placeholder`: what it writes for an unchanged TOASTed
+/// column. A real value can equal it, so deployments set a placeholder of their own
+/// ([`Encoding::unavailable`]); the local stack does.
 pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,6 +176,26 @@ impl<T> Field<T> {
         match self {
             Self::Value(v) => Some(v),
             Self::Null | Self::Unavailable => None,
+        }
+    }
+}
+
+/// How the connector encodes what a record does not say itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoding {
+    /// `decimal.handling.mode`, for records without an embedded schema.
+    pub decimals: DecimalMode,
+    /// `unavailable.value.placeholder`: an unchanged TOASTed column's value. It is honoured only in
+    /// columns whose type PostgreSQL can TOAST (text here); in any other column it is just a
+    /// (wrong) value.
+    pub unavailable: String,
+}
+
+impl Default for Encoding {
+    fn default() -> Self {
+        Self {
+            decimals: DecimalMode::Precise,
+            unavailable: UNAVAILABLE.to_owned(),
         }
     }
 }
@@ -431,22 +453,25 @@ impl Image {
     /// Decodes a column as the PostgreSQL type `ty` (a schema-less NUMERIC string as
     /// `decimal.handling.mode=precise` sends it; see [`Image::get_with`]).
     pub fn get(&self, column: &str, ty: ColumnType) -> Result<Field<Cell>, EnvelopeError> {
-        self.get_with(column, ty, DecimalMode::Precise)
+        self.get_with(column, ty, &Encoding::default())
     }
 
-    /// Decodes a column as the PostgreSQL type `ty`; `decimals` is the connector's
-    /// `decimal.handling.mode`, which decides a NUMERIC value's encoding when the record has no
-    /// embedded schema (a schema, when present, always decides).
+    /// Decodes a column as the PostgreSQL type `ty`, as the connector was configured to encode it
+    /// (`encoding`): its `decimal.handling.mode` decides a NUMERIC value's encoding when the record
+    /// has no embedded schema (a schema, when present, always decides), and its placeholder marks an
+    /// unchanged TOASTed column.
     pub fn get_with(
         &self,
         column: &str,
         ty: ColumnType,
-        decimals: DecimalMode,
+        encoding: &Encoding,
     ) -> Result<Field<Cell>, EnvelopeError> {
         let raw = self.raw(column)?;
         match raw {
             Value::Null => return Ok(Field::Null),
-            Value::String(s) if s == UNAVAILABLE => return Ok(Field::Unavailable),
+            Value::String(s) if ty.toastable() && *s == encoding.unavailable => {
+                return Ok(Field::Unavailable)
+            }
             _ => {}
         }
         let cell = match ty {
@@ -471,7 +496,7 @@ impl Image {
                 Cell::Timestamp(self.timestamp(column, raw)?)
             }
             ColumnType::Numeric { scale } => {
-                Cell::Decimal(self.decimal(column, raw, scale, decimals)?)
+                Cell::Decimal(self.decimal(column, raw, scale, encoding.decimals)?)
             }
         };
         Ok(Field::Value(cell))
@@ -490,9 +515,7 @@ impl Image {
 
     fn timestamp(&self, column: &str, raw: &Value) -> Result<DateTime<Utc>, EnvelopeError> {
         if let Some(text) = raw.as_str() {
-            return DateTime::parse_from_rfc3339(text)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|e| bad(column, format!("not an ISO-8601 timestamp: {e}")));
+            return zoned_timestamp(text).map_err(|problem| bad(column, problem));
         }
         let n = raw.as_i64().ok_or_else(|| bad(column, "not a timestamp"))?;
         let parsed = match self.logical(column) {
@@ -550,6 +573,41 @@ impl Image {
             _ => Err(bad(column, "not a decimal")),
         }
     }
+}
+
+/// A `ZonedTimestamp` string: ISO-8601 in UTC, as Debezium writes it — also with the extended years
+/// Java prints beyond 9999 (`+10000-01-01T00:00:00Z`) and before year 1 (`-0043-03-15T…Z`, the
+/// proleptic year: 1 BC is `0000`). `infinity` and `-infinity` cannot be mirrored (the schema refuses
+/// them; a record carrying one is refused with that reason).
+fn zoned_timestamp(text: &str) -> Result<DateTime<Utc>, String> {
+    if text == "infinity" || text == "-infinity" {
+        return Err(format!(
+            "`{text}` cannot be mirrored: Cassandra has no infinite timestamp"
+        ));
+    }
+    if let Ok(parsed) = DateTime::parse_from_rfc3339(text) {
+        return Ok(parsed.with_timezone(&Utc));
+    }
+    // A signed year of any width, then the usual `-MM-DDTHH:MM:SS[.f]Z`.
+    let invalid = || format!("`{text}` is not an ISO-8601 timestamp");
+    let (sign, unsigned) = match text.as_bytes().first() {
+        Some(b'+') => (1, &text[1..]),
+        Some(b'-') => (-1, &text[1..]),
+        _ => return Err(invalid()),
+    };
+    let (year, rest) = unsigned.split_once('-').ok_or_else(invalid)?;
+    let year: i32 = year.parse().map_err(|_| invalid())?;
+    let (date, time) = rest.split_once('T').ok_or_else(invalid)?;
+    let (month, day) = date.split_once('-').ok_or_else(invalid)?;
+    let date = NaiveDate::from_ymd_opt(
+        sign * year,
+        month.parse().map_err(|_| invalid())?,
+        day.parse().map_err(|_| invalid())?,
+    )
+    .ok_or_else(|| format!("`{text}` is out of the representable range"))?;
+    let time = time.strip_suffix('Z').ok_or_else(invalid)?;
+    let time = chrono::NaiveTime::parse_from_str(time, "%H:%M:%S%.f").map_err(|_| invalid())?;
+    Ok(date.and_time(time).and_utc())
 }
 
 /// Base64 big-endian two's-complement unscaled integer with `scale` decimal places.
@@ -624,20 +682,26 @@ mod tests {
             DateTime::from_timestamp_micros(1_795_562_214_538_720).map(Cell::Timestamp)
         );
         let amount = ColumnType::Numeric { scale: 2 };
+        let mode = |decimals| Encoding {
+            decimals,
+            ..Encoding::default()
+        };
         assert_eq!(
-            after.get_with("amount", amount, DecimalMode::String)?,
+            after.get_with("amount", amount, &mode(DecimalMode::String))?,
             Field::Value(Cell::Decimal(Decimal::new(1999, 2)))
         );
         assert_eq!(
-            after.get_with("raw", amount, DecimalMode::Precise)?,
+            after.get_with("raw", amount, &mode(DecimalMode::Precise))?,
             Field::Value(Cell::Decimal(Decimal::new(19485, 2)))
         );
         assert_eq!(
-            after.get_with("f", amount, DecimalMode::Double)?,
+            after.get_with("f", amount, &mode(DecimalMode::Double))?,
             Field::Value(Cell::Decimal(Decimal::new(15, 1)))
         );
         assert!(
-            after.get_with("raw", amount, DecimalMode::String).is_err(),
+            after
+                .get_with("raw", amount, &mode(DecimalMode::String))
+                .is_err(),
             "base64 is not a decimal string"
         );
         assert_eq!(after.get("big", ColumnType::Text)?, Field::Unavailable);
@@ -653,6 +717,30 @@ mod tests {
         assert!(after.get("missing", ColumnType::Text).is_err());
         assert!(after.get("flag", ColumnType::Uuid).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn zoned_timestamps_beyond_four_digit_years_parse() {
+        let at = |text: &str| zoned_timestamp(text).map(|t| t.timestamp_millis());
+        assert_eq!(at("1970-01-01T00:00:01.5Z"), Ok(1500));
+        assert_eq!(at("+10000-01-01T00:00:00.000000Z"), Ok(253_402_300_800_000));
+        // 44 BC is the proleptic year -43.
+        let ides = NaiveDate::from_ymd_opt(-43, 3, 15).map(|d| {
+            d.and_hms_opt(12, 0, 0)
+                .map(|t| t.and_utc().timestamp_millis())
+        });
+        assert_eq!(at("-0043-03-15T12:00:00.000000Z").ok(), ides.flatten());
+        for refused in [
+            "infinity",
+            "-infinity",
+            "+300000-01-01T00:00:00Z",
+            "yesterday",
+        ] {
+            assert!(at(refused).is_err(), "{refused}");
+        }
+        assert!(zoned_timestamp("infinity")
+            .err()
+            .is_some_and(|e| e.contains("cannot be mirrored")));
     }
 
     #[test]

@@ -72,6 +72,76 @@ impl Classify for DlqError {
     }
 }
 
+/// A dead letter read back: why it was parked and where it came from, as its headers say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parked {
+    pub reason: String,
+    pub error: String,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    /// Every header, in order (`dlq.*` and any the source record had).
+    pub headers: Vec<(String, String)>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// When it was parked, ms since the epoch (the record's timestamp).
+    pub parked_at: Option<i64>,
+}
+
+/// A record on a dead-letter topic without the headers a dead letter has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("record at offset {offset} is not a dead letter: {problem}")]
+pub struct NotADeadLetter {
+    pub offset: i64,
+    pub problem: String,
+}
+
+impl Parked {
+    /// Reads a record of a dead-letter topic.
+    pub fn from_message(message: &OwnedMessage) -> Result<Self, NotADeadLetter> {
+        use rdkafka::message::Headers;
+        let headers: Vec<(String, String)> = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                        (h.key.to_owned(), value.into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let problem = |problem: String| NotADeadLetter {
+            offset: message.offset(),
+            problem,
+        };
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+                .ok_or_else(|| problem(format!("no {name} header")))
+        };
+        let number = |name: &str| -> Result<i64, NotADeadLetter> {
+            header(name)?
+                .parse()
+                .map_err(|_| problem(format!("{name} is not a number")))
+        };
+        Ok(Self {
+            reason: header(HEADER_REASON)?,
+            error: header(HEADER_ERROR)?,
+            source_topic: header(HEADER_TOPIC)?,
+            source_partition: i32::try_from(number(HEADER_PARTITION)?)
+                .map_err(|_| problem("partition out of range".into()))?,
+            source_offset: number(HEADER_OFFSET)?,
+            headers: headers.clone(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            parked_at: message.timestamp().to_millis(),
+        })
+    }
+}
+
 /// Largest payload copied into the dead-letter topic; a bigger one is cut (the headers keep the
 /// source position, so the original can still be read from the source topic).
 pub const MAX_PARKED_BYTES: usize = 256 * 1024;

@@ -73,6 +73,8 @@ pub struct Metrics {
     ready: Arc<AtomicBool>,
     /// Partitions whose worker cannot make progress, with the last reason.
     stalled: Arc<Mutex<BTreeMap<PartitionLabels, String>>>,
+    /// Problems of the whole process that make it unready (a lost replication slot, say), by name.
+    problems: Arc<Mutex<BTreeMap<String, String>>>,
     /// Dead-letter reasons the binary registered.
     reasons: Arc<Mutex<BTreeSet<String>>>,
     /// Records read from Kafka.
@@ -149,6 +151,7 @@ impl Metrics {
             registry: Arc::new(Mutex::new(registry)),
             ready: Arc::new(AtomicBool::new(false)),
             stalled: Arc::new(Mutex::new(BTreeMap::new())),
+            problems: Arc::new(Mutex::new(BTreeMap::new())),
             reasons: Arc::new(Mutex::new(BTreeSet::new())),
             consumed,
             applied,
@@ -233,9 +236,21 @@ impl Metrics {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// Running, and no owned partition stalled.
+    /// Running, no owned partition stalled, and no problem of the whole process.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && lock(&self.stalled).is_empty()
+        self.ready.load(Ordering::Relaxed)
+            && lock(&self.stalled).is_empty()
+            && lock(&self.problems).is_empty()
+    }
+
+    /// Marks the process unready because of `name` (replaced if already set), with why.
+    pub fn set_problem(&self, name: &str, why: String) {
+        lock(&self.problems).insert(name.to_owned(), why);
+    }
+
+    /// The problem `name` is over.
+    pub fn clear_problem(&self, name: &str) {
+        lock(&self.problems).remove(name);
     }
 
     /// Marks a partition as unable to make progress, with why.
@@ -351,10 +366,17 @@ async fn ready_handler(State(metrics): State<Metrics>) -> impl IntoResponse {
         return (StatusCode::OK, "ok\n".to_owned());
     }
     let stalled = metrics.stalled();
-    if stalled.is_empty() {
+    let problems = lock(&metrics.problems).clone();
+    if stalled.is_empty() && problems.is_empty() {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned());
     }
-    let mut body = String::from("not ready: stalled partitions\n");
+    let mut body = String::new();
+    for (name, why) in problems {
+        body.push_str(&format!("not ready: {name}: {why}\n"));
+    }
+    if !stalled.is_empty() {
+        body.push_str("not ready: stalled partitions\n");
+    }
     for (partition, why) in stalled {
         body.push_str(&format!(
             "{}/{}: {why}\n",
@@ -435,5 +457,16 @@ mod tests {
         metrics.clear_stalled(&partition);
         assert!(metrics.is_ready());
         assert!(metrics.render().contains("cdc_partitions_stalled 0"));
+    }
+
+    #[test]
+    fn a_problem_of_the_process_makes_it_unready_until_cleared() {
+        let metrics = Metrics::new("cdc");
+        metrics.set_ready(true);
+        metrics.set_problem("replication_slot", "slot cdc_slot was invalidated".into());
+        assert!(!metrics.is_ready());
+        metrics.set_problem("replication_slot", "still invalidated".into());
+        metrics.clear_problem("replication_slot");
+        assert!(metrics.is_ready());
     }
 }

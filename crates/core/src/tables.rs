@@ -45,6 +45,12 @@ impl ColumnType {
         }
     }
 
+    /// Whether PostgreSQL can store a value of this type out of line (TOAST): only then may
+    /// Debezium send its "unchanged" placeholder for it.
+    pub const fn toastable(self) -> bool {
+        matches!(self, Self::Text)
+    }
+
     /// The CQL type name.
     pub const fn cql(self) -> &'static str {
         match self {

@@ -178,6 +178,116 @@ pub async fn ensure_topics_with(
     Ok(outcomes)
 }
 
+/// Where [`read_to_end`] starts in each partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The first record still in the partition.
+    Beginning,
+    /// These offsets (a partition not listed starts at its beginning).
+    Offsets(std::collections::BTreeMap<i32, i64>),
+    /// The first record whose timestamp is at or after this time (ms since the epoch).
+    Time(i64),
+}
+
+/// Every record of `topic` from `from` up to each partition's end offset at the time of the call,
+/// in offset order within each partition. Blocking: librdkafka's calls wait on the network. A
+/// topic that does not exist reads as empty.
+pub fn read_to_end(
+    config: &ClientConfig,
+    topic: &str,
+    from: &ReadFrom,
+    timeout: Duration,
+) -> Result<Vec<rdkafka::message::OwnedMessage>, KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let mut config = config.clone();
+    config
+        .set(
+            "group.id",
+            format!("cdc-reader-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed");
+    let consumer: BaseConsumer = config.create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut starts = TopicPartitionList::new();
+    let mut ends = std::collections::BTreeMap::new();
+    for partition in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        let start = match from {
+            ReadFrom::Beginning => low,
+            ReadFrom::Offsets(offsets) => offsets.get(&partition).copied().unwrap_or(low).max(low),
+            ReadFrom::Time(_) => low,
+        };
+        if start < high {
+            starts.add_partition_offset(topic, partition, Offset::Offset(start))?;
+            ends.insert(partition, high);
+        }
+    }
+    if let ReadFrom::Time(ms) = from {
+        let mut times = TopicPartitionList::new();
+        for partition in ends.keys() {
+            times.add_partition_offset(topic, *partition, Offset::Offset(*ms))?;
+        }
+        if times.count() > 0 {
+            for element in consumer.offsets_for_times(times, timeout)?.elements() {
+                let start = match element.offset() {
+                    Offset::Offset(offset) => offset,
+                    // No record at or after the time.
+                    _ => ends.get(&element.partition()).copied().unwrap_or(0),
+                };
+                starts.set_partition_offset(topic, element.partition(), Offset::Offset(start))?;
+            }
+        }
+    }
+    let mut remaining: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
+    for element in starts.elements() {
+        if let (Offset::Offset(start), Some(end)) =
+            (element.offset(), ends.get(&element.partition()))
+        {
+            if start < *end {
+                remaining.insert(element.partition(), *end);
+            }
+        }
+    }
+    let mut records = Vec::new();
+    if remaining.is_empty() {
+        return Ok(records);
+    }
+    consumer.assign(&starts)?;
+    let deadline = std::time::Instant::now() + timeout.max(Duration::from_secs(60));
+    while !remaining.is_empty() {
+        if std::time::Instant::now() >= deadline {
+            return Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::OperationTimedOut,
+            ));
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message?;
+        let partition = message.partition();
+        if let Some(end) = remaining.get(&partition).copied() {
+            if message.offset() + 1 >= end {
+                remaining.remove(&partition);
+            }
+            if message.offset() < end {
+                records.push(message.detach());
+            }
+        }
+    }
+    Ok(records)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use cdc_core::config::{parse_duration, KafkaArgs, LogArgs, TopicArgs};
+use cdc_core::config::{parse_duration, parse_time, KafkaArgs, LogArgs, TopicArgs};
 use cdc_core::generator::{random_seed, GeneratorConfig};
 use cdc_core::topics;
 use chrono::{DateTime, Utc};
@@ -36,12 +36,18 @@ pub struct Cli {
     pub seed: Option<u64>,
 
     /// Time of the first event (RFC 3339, e.g. 2026-11-24T10:00:00Z); now when not given.
-    #[arg(long, env = "PRODUCER_START_TIME", value_parser = parse_start_time)]
+    #[arg(long, env = "PRODUCER_START_TIME", value_parser = parse_time)]
     pub start_time: Option<DateTime<Utc>>,
 
     /// Stop generating after this long (e.g. 30s, 5m, 1h30m); a normal end.
     #[arg(long, env = "PRODUCER_DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+
+    /// Write one line per event to this file: its position in the stream and whether the cluster
+    /// acknowledged it (`<seq> ok <partition> <offset>`, `<seq> failed <error>`, `<seq> refused
+    /// <error>`), for checking end to end that nothing acknowledged was lost.
+    #[arg(long, env = "PRODUCER_ACK_LOG")]
+    pub ack_log: Option<std::path::PathBuf>,
 
     #[command(flatten)]
     pub topics: TopicArgs,
@@ -51,12 +57,6 @@ pub struct Cli {
 
     #[command(flatten)]
     pub log: LogArgs,
-}
-
-fn parse_start_time(text: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|time| time.with_timezone(&Utc))
-        .map_err(|error| format!("`{text}` is not an RFC 3339 time ({error})"))
 }
 
 /// Creates (or checks) the topics and sends the stream until it ends, `--duration` passes or
@@ -86,6 +86,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Summary> {
     );
     settings.rate = cli.rate;
     settings.duration = cli.duration;
+    settings.ack_log = cli.ack_log;
 
     let client = send::client_config(cli.kafka.client_config());
     let summary = send::run(client, settings, shutdown).await?;

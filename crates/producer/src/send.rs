@@ -19,14 +19,16 @@
 use std::fmt;
 use std::future::Future;
 use std::io::IsTerminal;
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use tokio::sync::Notify;
@@ -95,6 +97,8 @@ pub struct ProducerSettings {
     pub drain_timeout: Duration,
     /// Print a progress line on stderr every second when stderr is a terminal.
     pub progress: bool,
+    /// Where to write one line per event's outcome (see [`AckLog`]), if anywhere.
+    pub ack_log: Option<PathBuf>,
 }
 
 impl ProducerSettings {
@@ -107,6 +111,7 @@ impl ProducerSettings {
             orders_topic: orders_topic.to_owned(),
             drain_timeout: Duration::from_secs(30),
             progress: true,
+            ack_log: None,
         }
     }
 }
@@ -181,10 +186,16 @@ impl fmt::Display for Summary {
 pub enum ProduceError {
     #[error("creating the Kafka producer failed: {0}")]
     Client(#[from] KafkaError),
+    #[error("writing the acknowledgement log {path} failed: {source}")]
+    AckLog {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl ProduceError {
-    /// A client that cannot be created has a configuration problem: retrying does not help.
+    /// A client that cannot be created has a configuration problem, an acknowledgement log that
+    /// cannot be written a problem of the file system: retrying the run does not help.
     pub fn is_retryable(&self) -> bool {
         false
     }
@@ -243,10 +254,75 @@ impl Counters {
     }
 }
 
+/// The acknowledgement log: one line per event of the stream, `<seq> ok <partition> <offset>`,
+/// `<seq> failed <error>` or `<seq> refused <error>`, where `<seq>` is the event's position in the
+/// generated stream (0 for the first). Lines come in the order of the delivery reports. With the
+/// stream's configuration it tells an outside checker exactly which events the cluster
+/// acknowledged (they must never be lost) and which have an unknown outcome (a failed delivery
+/// may still have been written).
+#[derive(Debug)]
+struct AckLog {
+    path: PathBuf,
+    writer: Mutex<std::io::BufWriter<std::fs::File>>,
+    /// The first write error; the run fails with it.
+    error: Mutex<Option<std::io::Error>>,
+}
+
+impl AckLog {
+    fn create(path: PathBuf) -> Result<Self, ProduceError> {
+        match std::fs::File::create(&path) {
+            Ok(file) => Ok(Self {
+                path,
+                writer: Mutex::new(std::io::BufWriter::new(file)),
+                error: Mutex::new(None),
+            }),
+            Err(source) => Err(ProduceError::AckLog { path, source }),
+        }
+    }
+
+    fn line(&self, line: std::fmt::Arguments<'_>) {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(error) = writer
+            .write_fmt(line)
+            .and_then(|()| writer.write_all(b"\n"))
+        {
+            self.keep(error);
+        }
+    }
+
+    fn keep(&self, error: std::io::Error) {
+        let mut first = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            tracing::error!(path = %self.path.display(), %error, "writing the acknowledgement log failed");
+            *first = Some(error);
+        }
+    }
+
+    /// Flushes the log; the first error of the run, if any.
+    fn finish(&self) -> Result<(), ProduceError> {
+        let flushed = self
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush();
+        if let Err(error) = flushed {
+            self.keep(error);
+        }
+        match self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(source) => Err(ProduceError::AckLog {
+                path: self.path.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Client context: counts delivery reports and sends librdkafka's own logs through `tracing`.
 #[derive(Debug, Clone)]
 struct DeliveryCounter {
     counters: Arc<Counters>,
+    acks: Option<Arc<AckLog>>,
 }
 
 impl ClientContext for DeliveryCounter {
@@ -278,15 +354,26 @@ impl ClientContext for DeliveryCounter {
 }
 
 impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
+    /// The event's position in the stream.
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         match result {
-            Ok(_) => {
+            Ok(message) => {
                 self.counters.acknowledged.fetch_add(1, Ordering::SeqCst);
+                if let Some(acks) = &self.acks {
+                    acks.line(format_args!(
+                        "{seq} ok {} {}",
+                        message.partition(),
+                        message.offset()
+                    ));
+                }
             }
             Err((error, message)) => {
                 self.counters.failed.fetch_add(1, Ordering::SeqCst);
+                if let Some(acks) = &self.acks {
+                    acks.line(format_args!("{seq} failed {error}"));
+                }
                 tracing::error!(
                     topic = message.topic(),
                     partition = message.partition(),
@@ -362,9 +449,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<Summary, ProduceError> {
     let counters = Arc::new(Counters::new());
+    let acks = match &settings.ack_log {
+        Some(path) => Some(Arc::new(AckLog::create(path.clone())?)),
+        None => None,
+    };
     let producer: ThreadedProducer<DeliveryCounter> =
         client.create_with_context(DeliveryCounter {
             counters: Arc::clone(&counters),
+            acks: acks.clone(),
         })?;
 
     let seed = settings.generator.seed;
@@ -405,6 +497,9 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || drop(producer)).await;
     if let Some(progress) = progress {
         progress.abort();
+    }
+    if let Some(acks) = &acks {
+        acks.finish()?;
     }
 
     Ok(Summary {
@@ -453,11 +548,16 @@ async fn produce(
             return StopReason::Completed;
         };
         payload.clear();
+        let record = Outgoing {
+            event: &event,
+            // Positions fit a usize wherever a stream fits in memory-bounded runs of this length.
+            seq: usize::try_from(sent).unwrap_or(usize::MAX),
+        };
         if let Err(reason) = send(
             producer,
             settings,
             counters,
-            &event,
+            record,
             &mut payload,
             shutdown,
             deadline,
@@ -471,6 +571,13 @@ async fn produce(
     }
 }
 
+/// An event and its position in the stream.
+#[derive(Debug, Clone, Copy)]
+struct Outgoing<'a> {
+    event: &'a Event,
+    seq: usize,
+}
+
 /// Hands one event to the client: a full client queue is waited out (unless shutdown or the
 /// deadline comes first, which leaves the event unsent), any other refusal counts as a failed
 /// delivery.
@@ -478,7 +585,7 @@ async fn send(
     producer: &ThreadedProducer<DeliveryCounter>,
     settings: &ProducerSettings,
     counters: &Counters,
-    event: &Event,
+    Outgoing { event, seq }: Outgoing<'_>,
     payload: &mut Vec<u8>,
     shutdown: &CancellationToken,
     deadline: Option<Instant>,
@@ -490,11 +597,12 @@ async fn send(
     if let Err(error) = serde_json::to_writer(&mut *payload, event) {
         // Plain data types with string keys cannot fail to encode; if it happens, say so.
         counters.refused();
+        refused(producer, seq, &error);
         tracing::error!(topic, %error, "encoding an event failed");
         return Ok(());
     }
     let key = event.key();
-    let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic)
+    let mut record: BaseRecord<'_, str, [u8], usize> = BaseRecord::with_opaque_to(topic, seq)
         .key(key.as_str())
         .payload(payload.as_slice());
     loop {
@@ -509,10 +617,18 @@ async fn send(
             }
             Err((error, _)) => {
                 counters.refused();
+                refused(producer, seq, &error);
                 tracing::error!(topic, partition = -1, %error, "the Kafka client refused a record");
                 return Ok(());
             }
         }
+    }
+}
+
+/// Logs a record the client never took.
+fn refused(producer: &ThreadedProducer<DeliveryCounter>, seq: usize, error: &dyn fmt::Display) {
+    if let Some(acks) = &producer.context().acks {
+        acks.line(format_args!("{seq} refused {error}"));
     }
 }
 

@@ -4,18 +4,20 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
+use cdc_core::dlq::Parked;
+use cdc_core::topics::{read_to_end, ReadFrom};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{unique_name, wait_for, Stack};
+use crate::{wait_for, Stack};
 
 /// Longest single Kafka request of a test.
 pub const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,47 +77,12 @@ pub fn records_since(
     topic: &str,
     from: &BTreeMap<i32, i64>,
 ) -> Result<Vec<OwnedMessage>> {
-    let ends = end_offsets(stack, topic)?;
-    let consumer: BaseConsumer = config(stack)
-        .set("group.id", unique_name("it_reader"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()?;
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = BTreeMap::new();
-    for (partition, end) in &ends {
-        let (low, _) = consumer.fetch_watermarks(topic, *partition, KAFKA_TIMEOUT)?;
-        let start = from.get(partition).copied().unwrap_or(0).max(low);
-        if start < *end {
-            assignment.add_partition_offset(topic, *partition, Offset::Offset(start))?;
-            remaining.insert(*partition, *end);
-        }
-    }
-    let mut records = Vec::new();
-    if remaining.is_empty() {
-        return Ok(records);
-    }
-    consumer.assign(&assignment)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !remaining.is_empty() {
-        if std::time::Instant::now() >= deadline {
-            bail!("reading {topic} back timed out");
-        }
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let message = message?;
-        let partition = message.partition();
-        if let Some(end) = remaining.get(&partition).copied() {
-            if message.offset() + 1 >= end {
-                remaining.remove(&partition);
-            }
-            if message.offset() < end {
-                records.push(message.detach());
-            }
-        }
-    }
-    Ok(records)
+    Ok(read_to_end(
+        &config(stack),
+        topic,
+        &ReadFrom::Offsets(from.clone()),
+        Duration::from_secs(60),
+    )?)
 }
 
 /// Every record of `topic` from the beginning up to the end it had when called.
@@ -209,56 +176,11 @@ pub async fn wait_captured(
     .await
 }
 
-/// One dead-lettered record: where it came from and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub reason: String,
-    pub error: String,
-    pub source_topic: String,
-    pub source_partition: i32,
-    pub source_offset: i64,
-    /// Every header, in order.
-    pub headers: Vec<(String, String)>,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-}
-
-/// Every record of a dead-letter topic, its `dlq.*` headers read and checked to be complete.
-pub fn dead_letters(stack: &Stack, dlq: &str) -> Result<Vec<DeadLetter>> {
+/// Every record of a dead-letter topic, read back as a dead letter (its `dlq.*` headers complete).
+pub fn dead_letters(stack: &Stack, dlq: &str) -> Result<Vec<Parked>> {
     let mut letters = Vec::new();
     for record in read_topic(stack, dlq)? {
-        let headers: Vec<(String, String)> = record
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_owned(),
-                            h.value
-                                .map(|v| String::from_utf8_lossy(v).into_owned())
-                                .unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| value.clone())
-                .with_context(|| format!("dead letter at {dlq}/{} without {name}", record.offset()))
-        };
-        let letter = DeadLetter {
-            reason: header(cdc_core::dlq::HEADER_REASON)?,
-            error: header(cdc_core::dlq::HEADER_ERROR)?,
-            source_topic: header(cdc_core::dlq::HEADER_TOPIC)?,
-            source_partition: header(cdc_core::dlq::HEADER_PARTITION)?.parse()?,
-            source_offset: header(cdc_core::dlq::HEADER_OFFSET)?.parse()?,
-            headers: headers.clone(),
-            key: record.key().map(<[u8]>::to_vec),
-            payload: record.payload().map(<[u8]>::to_vec),
-        };
+        let letter = Parked::from_message(&record).with_context(|| format!("reading {dlq}"))?;
         ensure!(!letter.error.is_empty(), "dead letter without error text");
         letters.push(letter);
     }

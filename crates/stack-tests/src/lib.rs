@@ -16,6 +16,7 @@ pub mod model;
 pub mod pipeline;
 pub mod process;
 pub mod rows;
+pub mod scratch;
 pub mod sql;
 
 pub use process::workspace_binary;
@@ -210,7 +211,8 @@ impl RestartOnDrop {
         }
     }
 
-    /// Sends SIGKILL (`kill`) or SIGTERM (`stop`) to a service and remembers to start it again.
+    /// Sends SIGKILL (`kill`), SIGTERM (`stop`) or SIGSTOP (`pause`) to a service and remembers to
+    /// bring it back.
     pub fn take_down(&mut self, how: &str, service: &str) -> Result<()> {
         self.services.push(service.to_owned());
         stack_command(&[how, service]).map(|_| ())
@@ -218,6 +220,8 @@ impl RestartOnDrop {
 
     /// Starts the service again now and waits until it serves.
     pub fn bring_back(&mut self, service: &str) -> Result<()> {
+        // A paused service is resumed; for any other this is refused, harmlessly.
+        let _ = stack_command(&["resume", service]);
         stack_command(&["start", service])?;
         self.services.retain(|s| s != service);
         Ok(())
@@ -233,6 +237,7 @@ impl Default for RestartOnDrop {
 impl Drop for RestartOnDrop {
     fn drop(&mut self) {
         for service in std::mem::take(&mut self.services) {
+            let _ = stack_command(&["resume", &service]);
             if let Err(error) = stack_command(&["start", &service]) {
                 eprintln!("could not restart {service} after the test: {error:#}");
             }

@@ -13,8 +13,8 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::{log_tail, repo_root, unique_name, Stack};
 
 /// The path of the binary `package` (a workspace package with a binary of the same name), built
-/// on first use with the profile and target folder of the running test, for tests that drive
-/// another package's binary (`env!("CARGO_BIN_EXE_…")` only names the test's own package's).
+/// on first use with the profile and target folder of the running test (or workspace binary),
+/// for tests that drive another package's binary (`env!("CARGO_BIN_EXE_…")` only names the test's own package's).
 pub fn workspace_binary(package: &str) -> Result<PathBuf> {
     static BUILT: OnceLock<Mutex<BTreeMap<String, PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(|| Mutex::new(BTreeMap::new()));
@@ -57,13 +57,18 @@ pub fn workspace_binary(package: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// `<target>` and `<target>/<profile>` of the running test (`<target>/<profile>/deps/<name>`).
+/// `<target>` and `<target>/<profile>` of the running program: a test
+/// (`<target>/<profile>/deps/<name>`) or a workspace binary (`<target>/<profile>/<name>`).
 fn target_dirs() -> Result<(PathBuf, PathBuf)> {
-    let exe = std::env::current_exe().context("locating the test binary")?;
-    let profile_dir = exe
+    let exe = std::env::current_exe().context("locating the running program")?;
+    let mut profile_dir = exe
         .parent()
-        .and_then(Path::parent)
-        .with_context(|| format!("{} is not in <target>/<profile>/deps", exe.display()))?;
+        .with_context(|| format!("{} has no parent", exe.display()))?;
+    if profile_dir.file_name().is_some_and(|name| name == "deps") {
+        profile_dir = profile_dir
+            .parent()
+            .with_context(|| format!("{} has no parent", profile_dir.display()))?;
+    }
     let target_dir = profile_dir
         .parent()
         .with_context(|| format!("{} has no parent", profile_dir.display()))?;
@@ -202,6 +207,20 @@ impl Process {
         Ok(stdout)
     }
 
+    /// Waits for the process to end on its own within `deadline`; it must fail (exit non-zero).
+    /// Returns its log.
+    pub async fn expect_failure(mut self, deadline: Duration) -> Result<String> {
+        let status = self.wait_exit(deadline).await?;
+        let stdout = self.stdout()?;
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        ensure!(
+            !status.success(),
+            "{} exited 0 where it had to fail:\n{stdout}\n{log}",
+            self.name
+        );
+        Ok(log)
+    }
+
     /// The stdout of an ended process, whatever its exit status, and the status.
     pub async fn outcome(mut self, deadline: Duration) -> Result<(ExitStatus, String)> {
         let status = self.wait_exit(deadline).await?;
@@ -229,6 +248,15 @@ impl Drop for Process {
             let _ = child.wait();
         }
     }
+}
+
+/// Fails unless a summary counts no dead letters on any topic.
+pub fn nothing_dead_lettered(summary: &Summary) -> Result<()> {
+    ensure!(
+        summary.values().all(|c| c.dead_lettered == 0),
+        "records were dead-lettered: {summary:?}"
+    );
+    Ok(())
 }
 
 /// `<program>: topic=T consumed=N applied=N dead_lettered=N` lines of a consumer's stdout.

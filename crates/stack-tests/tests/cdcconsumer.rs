@@ -35,7 +35,7 @@ use stack_tests::model::Model;
 use stack_tests::pipeline::{
     group_spec, stop_sink, Pipeline, CDC_GROUP, CDC_ORDERS, CDC_USERS, KEYSPACE,
 };
-use stack_tests::process::{self, summary, workspace_binary, Process};
+use stack_tests::process::{self, nothing_dead_lettered, summary, workspace_binary, Process};
 use stack_tests::rows::{
     column, differences, ensure_no_differences, expected_orders_by_user, id_key, pg_rows,
     CassandraReader, Precision,
@@ -176,10 +176,7 @@ async fn ten_thousand_events_through_every_hop_end_in_cassandra() -> Result<()> 
         changes >= 10_000,
         "only {changes} changes reached the CDC topics"
     );
-    ensure!(
-        summary.values().all(|c| c.dead_lettered == 0),
-        "{summary:?}"
-    );
+    nothing_dead_lettered(&summary)?;
 
     // Row counts straight from both stores, then every generated entity against the model.
     let reader = quorum(&pipeline);
@@ -365,10 +362,94 @@ async fn changes_made_directly_in_sql_are_replicated() -> Result<()> {
     );
 
     let summary = stop_sink(sink).await?;
-    ensure!(
-        summary.values().all(|c| c.dead_lettered == 0),
-        "{summary:?}"
+    nothing_dead_lettered(&summary)?;
+    Ok(())
+}
+
+/// Values at the edges of their types, written directly in SQL: years past 9999 and before 1 AD,
+/// a far-future date, a text equal to Debezium's default "unchanged TOAST" placeholder, and rows
+/// of about 3 MB (a change record of an update carries twice that) are mirrored exactly. What the
+/// pipeline cannot carry — ±infinity timestamps and dates, a NaN amount, a row above 4 MiB of
+/// text — PostgreSQL refuses, naming the constraint; nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread")]
+async fn edge_values_are_mirrored_exactly_or_refused_by_postgresql() -> Result<()> {
+    let _exclusive = exclusive().await;
+    let pipeline = Pipeline::new().await?;
+    let pool = &pipeline.pool;
+    let sink = pipeline.start_sink(CDC_GROUP)?;
+    let (u, o) = (Uuid::new_v4(), Uuid::new_v4());
+    let big = "é".repeat(1_500_000); // 3,000,000 bytes
+    sqlx::query(
+        "INSERT INTO users (id, name, email, created_at, updated_at, deleted_at, version) \
+         VALUES ($1, $2, $3, '0044-03-15 12:00:00.123456+00 BC', '10000-06-01 00:00:00+00', \
+                 NULL, 1)",
+    )
+    .bind(u)
+    .bind(cdc_core::debezium::UNAVAILABLE)
+    .bind(&big)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO orders (id, user_id, product, quantity, amount, status, order_date, \
+         created_at, updated_at, deleted_at, version) \
+         VALUES ($1, $2, $3, 1, 0.01, 'PLACED', '20000-01-01', now(), now(), NULL, 1)",
+    )
+    .bind(o)
+    .bind(u)
+    .bind(&big)
+    .execute(pool)
+    .await?;
+    // An update: its change record carries the 3 MB row twice.
+    sqlx::query("UPDATE orders SET status = 'SHIPPED', version = 2 WHERE id = $1")
+        .bind(o)
+        .execute(pool)
+        .await?;
+    let refused = [
+        (
+            "UPDATE users SET updated_at = 'infinity' WHERE id = $1",
+            "users_values_mirrorable",
+        ),
+        (
+            "UPDATE users SET created_at = '-infinity' WHERE id = $1",
+            "users_values_mirrorable",
+        ),
+        (
+            "UPDATE orders SET order_date = 'infinity' WHERE user_id = $1",
+            "orders_values_mirrorable",
+        ),
+        (
+            "UPDATE orders SET amount = 'NaN' WHERE user_id = $1",
+            "orders_values_mirrorable",
+        ),
+        (
+            "UPDATE users SET email = repeat('x', 4194305) WHERE id = $1",
+            "users_row_size_mirrorable",
+        ),
+    ];
+    for (statement, constraint) in refused {
+        match sqlx::query(statement).bind(u).execute(pool).await {
+            Err(sqlx::Error::Database(error)) => ensure!(
+                error.code().as_deref() == Some("23514") && error.constraint() == Some(constraint),
+                "`{statement}` failed otherwise: {error}"
+            ),
+            other => anyhow::bail!("`{statement}` was not refused: {other:?}"),
+        }
+    }
+    pipeline.verify(&Pipeline::cdc_groups(), "quorum").await?;
+    let reader = quorum(&pipeline);
+    let mut problems = differences(
+        "user",
+        &pg_rows(pool, &USERS, Some(&[u]), Precision::Millis).await?,
+        &reader.rows(&USERS, &[u]).await?,
     );
+    problems.extend(differences(
+        "order",
+        &pg_rows(pool, &ORDERS, Some(&[o]), Precision::Millis).await?,
+        &reader.rows(&ORDERS, &[o]).await?,
+    ));
+    ensure_no_differences(&problems)?;
+    let summary = stop_sink(sink).await?;
+    nothing_dead_lettered(&summary)?;
     Ok(())
 }
 
@@ -664,6 +745,83 @@ async fn a_cassandra_node_stopped_during_the_run_converges_once_back() -> Result
     Ok(())
 }
 
+/// A keyspace filled from another PostgreSQL cluster (another system identifier recorded), or
+/// holding a truncation position beyond the source's WAL (left from an earlier cluster, or
+/// forged), would hide every later change: cdcconsumer refuses to start on it, within seconds,
+/// naming the problem. Each case runs on a scratch keyspace of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyspace_from_another_cluster_is_refused_at_start() -> Result<()> {
+    let _exclusive = exclusive().await;
+    let pipeline = Pipeline::new().await?;
+    let cases = [
+        (
+            "INSERT INTO {ks}.source (name, system_identifier) VALUES ('postgresql', 42)",
+            "was filled from PostgreSQL cluster 42",
+        ),
+        (
+            "INSERT INTO {ks}.truncations (table_name, lsn) VALUES ('orders', 4611686018427387904) \
+             USING TIMESTAMP 4611686018427387904",
+            "records a truncation of orders at LSN 4611686018427387904",
+        ),
+    ];
+    for (forged, expected) in cases {
+        let keyspace = unique_name("it_foreign");
+        cdcconsumer::cassandra::apply_schema(&pipeline.cassandra, &keyspace).await?;
+        let rf = pipeline.stack.cassandra_nodes.len();
+        if rf != 3 {
+            let alter = format!(
+                "ALTER KEYSPACE {keyspace} WITH replication = \
+                 {{'class': 'SimpleStrategy', 'replication_factor': {rf}}}"
+            );
+            pipeline.cassandra.query_unpaged(alter, ()).await?;
+        }
+        let outcome = async {
+            // A replica that has not yet learned the new tables refuses the write
+            // (INCOMPATIBLE_SCHEMA) even after the coordinator reported agreement: retry.
+            let statement = forged.replace("{ks}", &keyspace);
+            wait_for("the forged row", Duration::from_secs(60), || async {
+                pipeline.cassandra.await_schema_agreement().await?;
+                pipeline
+                    .cassandra
+                    .query_unpaged(statement.as_str(), ())
+                    .await?;
+                Ok(Some(()))
+            })
+            .await?;
+            let mut command = pipeline.cdcconsumer(&unique_name("it_foreign_group"), 5)?;
+            command.env("CASSANDRA_KEYSPACE", &keyspace);
+            let log = Process::spawn("cdcconsumer", command)?
+                .expect_failure(Duration::from_secs(60))
+                .await?;
+            ensure!(
+                log.contains(expected),
+                "`{expected}` not in the log:\n{log}"
+            );
+            ensure!(
+                log.contains("A re-initialised database"),
+                "no pointer to the reset:\n{log}"
+            );
+            Ok(())
+        }
+        .await;
+        let drop = format!("DROP KEYSPACE IF EXISTS {keyspace}");
+        pipeline.cassandra.query_unpaged(drop, ()).await?;
+        outcome?;
+    }
+    Ok(())
+}
+
+/// A truncate record of `change`'s table at `lsn`, as Debezium would write it.
+fn forged_truncate(change: &Json, lsn: i64) -> Option<Vec<u8>> {
+    let mut record = change.clone();
+    let payload = &mut record["payload"];
+    payload["op"] = Json::from("t");
+    payload["before"] = Json::Null;
+    payload["after"] = Json::Null;
+    payload["source"]["lsn"] = Json::from(lsn);
+    Some(record.to_string().into_bytes())
+}
+
 /// A record that cannot be applied, the dead-letter reason it must get.
 struct Hostile {
     topic: &'static str,
@@ -813,6 +971,20 @@ async fn hostile_cdc_records_are_dead_lettered_and_valid_changes_applied() -> Re
         order(
             Some(b"{\"payload\": {\"op\": \"c\"".to_vec()),
             "undecodable",
+        ),
+        // Positions that cannot be real: beyond PostgreSQL's WAL, they would shadow every later
+        // change of the row, or (a truncation) of the whole table.
+        user(
+            edit(
+                &user_json,
+                &["payload", "source", "lsn"],
+                Some(9_000_000_000_000_000_i64.into()),
+            ),
+            "impossible_position",
+        ),
+        order(
+            forged_truncate(&order_json, 9_000_000_000_000_000),
+            "impossible_position",
         ),
     ];
     let producer = producer(&pipeline.stack)?;
@@ -992,10 +1164,7 @@ async fn truncate_in_postgres_empties_cassandra_then_new_rows_follow() -> Result
 
     pipeline.verify(&Pipeline::cdc_groups(), "quorum").await?;
     let summary = stop_sink(sink).await?;
-    ensure!(
-        summary.values().all(|c| c.dead_lettered == 0),
-        "{summary:?}"
-    );
+    nothing_dead_lettered(&summary)?;
     eprintln!("truncated {users_before} users and {orders_before} orders");
     ensure!(pipeline.pg_counts().await? == (1, 2));
     let reader = quorum(&pipeline);
@@ -1036,5 +1205,182 @@ async fn truncate_in_postgres_empties_cassandra_then_new_rows_follow() -> Result
             .collect(),
     ));
     ensure_no_differences(&problems)?;
+    Ok(())
+}
+
+/// A slot that held more WAL than `max_slot_wal_keep_size` is invalidated by PostgreSQL (on a
+/// scratch cluster: the stack's slot must stay intact). The running sink notices within its
+/// check interval — `/readyz` 503 naming the slot and pointing at the recovery,
+/// `cdc_replication_slot_lost` 1 — and the verifier refuses to call the pipeline quiet, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalidated_replication_slot_is_reported_loudly() -> Result<()> {
+    let _shared = stack_tests::shared().await;
+    let pipeline = Pipeline::new().await?;
+    let scratch = stack_tests::scratch::ScratchPostgres::start(&[
+        ("wal_level", "logical"),
+        ("max_slot_wal_keep_size", "1MB"),
+        ("min_wal_size", "32MB"),
+        ("max_wal_size", "32MB"),
+    ])
+    .await?;
+    let pool = sqlx::PgPool::connect(&scratch.url).await?;
+    sqlx::query("SELECT pg_create_logical_replication_slot('it_slot', 'pgoutput')")
+        .execute(&pool)
+        .await?;
+    ensure!(matches!(
+        cdcconsumer::slot::slot_state(&pool, "it_slot").await?,
+        cdcconsumer::slot::SlotState::Healthy { .. }
+    ));
+
+    // The sink, on empty topics of its own and a keyspace of its own, watching the scratch slot.
+    let keyspace = unique_name("it_slot");
+    cdcconsumer::cassandra::apply_schema(&pipeline.cassandra, &keyspace).await?;
+    let topics = [unique_name("it_slot_users"), unique_name("it_slot_orders")];
+    let rf = i32::try_from(pipeline.stack.broker_count)?;
+    cdc_core::topics::ensure_topics(
+        &pipeline.stack.brokers,
+        &[
+            cdc_core::topics::TopicSpec::new(&topics[0], 1, rf),
+            cdc_core::topics::TopicSpec::new(&topics[1], 1, rf),
+        ],
+        Duration::from_secs(30),
+    )
+    .await?;
+    let address = process::free_address()?;
+    let mut command = pipeline.cdcconsumer(&unique_name("it_slot_group"), 0)?;
+    command
+        .env("CASSANDRA_KEYSPACE", &keyspace)
+        .env("CDC_TOPICS", topics.join(","))
+        .env("DATABASE_URL", &scratch.url)
+        .env("SLOT_NAME", "it_slot")
+        .env("SLOT_CHECK_SECS", "1")
+        .env("METRICS_ADDR", &address);
+    let sink = Process::spawn("cdcconsumer", command)?;
+    let outcome = async {
+        wait_for("the sink ready", Duration::from_secs(60), || async {
+            Ok(match process::http_get(&address, "/readyz").await {
+                Ok((200, _)) => Some(()),
+                _ => None,
+            })
+        })
+        .await?;
+
+        // WAL well past 1 MB beyond the slot, then checkpoints: PostgreSQL invalidates it.
+        sqlx::raw_sql(
+            "CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad \
+               FROM generate_series(1, 100000) g",
+        )
+        .execute(&pool)
+        .await?;
+        wait_for("the slot invalidated", Duration::from_secs(60), || async {
+            sqlx::raw_sql("SELECT pg_switch_wal(); CHECKPOINT;")
+                .execute(&pool)
+                .await?;
+            Ok(matches!(
+                cdcconsumer::slot::slot_state(&pool, "it_slot").await?,
+                cdcconsumer::slot::SlotState::Lost { .. }
+            )
+            .then_some(()))
+        })
+        .await?;
+
+        let body = wait_for(
+            "/readyz to name the lost slot",
+            Duration::from_secs(30),
+            || async {
+                Ok(match process::http_get(&address, "/readyz").await {
+                    Ok((503, body)) if body.contains("it_slot was invalidated") => Some(body),
+                    _ => None,
+                })
+            },
+        )
+        .await?;
+        ensure!(body.contains("A lost replication slot"), "{body}");
+        let (_, metrics) = process::http_get(&address, "/metrics").await?;
+        ensure!(metrics.contains("cdc_replication_slot_lost 1"), "{metrics}");
+
+        // The verifier: not quiet, and why.
+        let output = tokio::process::Command::new(workspace_binary("cdcconsumer")?)
+            .arg("verify")
+            .args([
+                "--groups",
+                "",
+                "--slot",
+                "it_slot",
+                "--quiet-timeout-secs",
+                "20",
+            ])
+            .env("DATABASE_URL", &scratch.url)
+            .env("KAFKA_BROKERS", &pipeline.stack.brokers)
+            .env("CASSANDRA_NODES", pipeline.stack.cassandra_nodes.join(","))
+            .env("CASSANDRA_KEYSPACE", &keyspace)
+            .output()
+            .await?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        ensure!(
+            output.status.code() == Some(2) && text.contains("it_slot was invalidated"),
+            "verify exited {:?}:\n{text}",
+            output.status
+        );
+        Ok(())
+    }
+    .await;
+    let stopped = sink.terminate().await;
+    let drop = format!("DROP KEYSPACE IF EXISTS {keyspace}");
+    pipeline.cassandra.query_unpaged(drop, ()).await?;
+    let dlqs = topics.iter().map(|t| cdc_core::dlq::topic_for(t));
+    let all: Vec<String> = topics.iter().cloned().chain(dlqs).collect();
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    stack_tests::kafka::delete_topics(&pipeline.stack, &all).await;
+    outcome?;
+    stopped?;
+    Ok(())
+}
+
+/// cdcconsumer starting while a Cassandra node hangs (SIGSTOP): its start-up reads that land on
+/// that node time out, and are retried on the others instead of ending the process (a chaos run
+/// found the sink exiting 1 on "reading truncation positions" after a 10 s client timeout). It
+/// becomes ready and mirrors a new row at QUORUM while the node still hangs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sink_starts_while_a_cassandra_node_hangs() -> Result<()> {
+    let _exclusive = exclusive().await;
+    let pipeline = Pipeline::new().await?;
+    if !pipeline.stack.is_ha() {
+        eprintln!("skipped: needs three Cassandra nodes (the ha profile)");
+        return Ok(());
+    }
+    let mut restore = RestartOnDrop::new();
+    restore.take_down("pause", "cassandra2")?;
+    let address = process::free_address()?;
+    let mut command = pipeline.cdcconsumer(CDC_GROUP, 0)?;
+    command.env("METRICS_ADDR", &address);
+    let sink = Process::spawn("cdcconsumer", command)?;
+    let user = Uuid::new_v4();
+    let outcome = async {
+        wait_for("the sink ready", Duration::from_secs(180), || async {
+            Ok(match process::http_get(&address, "/readyz").await {
+                Ok((200, _)) => Some(()),
+                _ => None,
+            })
+        })
+        .await?;
+        let mut connection = pipeline.pool.acquire().await?;
+        insert_user(&mut connection, user, &unique_name("hung node")).await?;
+        let reader = quorum(&pipeline);
+        wait_for("the row in Cassandra", Duration::from_secs(120), || async {
+            Ok((reader.rows(&USERS, &[user]).await?.len() == 1).then_some(()))
+        })
+        .await
+    }
+    .await;
+    restore.bring_back("cassandra2")?;
+    let summary = stop_sink(sink).await;
+    outcome?;
+    nothing_dead_lettered(&summary?)?;
+    pipeline.verify(&Pipeline::cdc_groups(), "all").await?;
     Ok(())
 }

@@ -15,7 +15,9 @@ use chrono::{TimeZone, Utc};
 use sqlx::PgPool;
 use stack_tests::kafka::{dead_letters, end_offsets, producer, reset_to_earliest, send_raw};
 use stack_tests::model::Model;
-use stack_tests::process::{self, free_address, http_get, summary, Process, Summary};
+use stack_tests::process::{
+    self, free_address, http_get, nothing_dead_lettered, summary, Process, Summary,
+};
 use stack_tests::{shared, unique_name, wait_for, workspace_binary, Stack};
 use uuid::Uuid;
 
@@ -179,10 +181,7 @@ async fn ten_thousand_events_match_the_model_and_a_replay_changes_nothing() -> R
     );
     run.send_events(&events).await?;
     let summary = run.consume_until_idle().await?;
-    ensure!(
-        summary.values().all(|c| c.dead_lettered == 0),
-        "{summary:?}"
-    );
+    nothing_dead_lettered(&summary)?;
 
     let expected = Model::from_events(&events);
     let pool = pool(&run.stack).await?;
@@ -503,7 +502,7 @@ async fn writes_refused_for_a_while_stall_visibly_then_recover_exactly() -> Resu
         "before the fault: {ready}, {stalled} stalled"
     );
 
-    let grants = Grants::revoke(&pool, &run.stack.database_url).await?;
+    let grants = Grants::revoke(&pool, &run.stack.database_url, "UPDATE", "users, orders").await?;
     run.send_events(tail).await?;
     let seen = wait_for(
         "partitions reported stalled",
@@ -545,10 +544,7 @@ async fn writes_refused_for_a_while_stall_visibly_then_recover_exactly() -> Resu
     );
     let stdout = child.terminate().await?;
     let summary = summary("consumer", &stdout);
-    ensure!(
-        summary.values().all(|c| c.dead_lettered == 0),
-        "{summary:?}"
-    );
+    nothing_dead_lettered(&summary)?;
     for topic in [&run.users_topic, &run.orders_topic] {
         let dlq = cdc_core::dlq::topic_for(topic);
         let parked = dead_letters(&run.stack, &dlq)?;
@@ -557,29 +553,34 @@ async fn writes_refused_for_a_while_stall_visibly_then_recover_exactly() -> Resu
     expected.check_postgres(&pool).await
 }
 
-/// The application role's UPDATE privilege on both tables, taken away and given back (its own
-/// tables: the owner may do both). Given back when dropped, should the test fail in between.
+/// A privilege of the application role, taken away and given back (its own tables: the owner
+/// may do both). Given back when dropped, should the test fail in between.
 struct Grants {
     pool: PgPool,
     url: String,
+    grant: String,
     restored: bool,
 }
 
-const REVOKE: &str = "REVOKE UPDATE ON users, orders FROM CURRENT_USER";
-const GRANT: &str = "GRANT UPDATE ON users, orders TO CURRENT_USER";
-
 impl Grants {
-    async fn revoke(pool: &PgPool, url: &str) -> Result<Self> {
-        sqlx::query(REVOKE).execute(pool).await?;
+    /// Revokes `privilege` on `tables` (e.g. "UPDATE", "users, orders").
+    async fn revoke(pool: &PgPool, url: &str, privilege: &str, tables: &str) -> Result<Self> {
+        let revoke = format!("REVOKE {privilege} ON {tables} FROM CURRENT_USER");
+        sqlx::query(sqlx::AssertSqlSafe(revoke))
+            .execute(pool)
+            .await?;
         Ok(Self {
             pool: pool.clone(),
             url: url.to_owned(),
+            grant: format!("GRANT {privilege} ON {tables} TO CURRENT_USER"),
             restored: false,
         })
     }
 
     async fn restore(mut self) -> Result<()> {
-        sqlx::query(GRANT).execute(&self.pool).await?;
+        sqlx::query(sqlx::AssertSqlSafe(self.grant.clone()))
+            .execute(&self.pool)
+            .await?;
         self.restored = true;
         Ok(())
     }
@@ -590,7 +591,7 @@ impl Drop for Grants {
         if self.restored {
             return;
         }
-        let url = self.url.clone();
+        let (url, grant) = (self.url.clone(), self.grant.clone());
         // A connection of its own on a runtime of its own: the test's runtime may be unwinding.
         let restore = std::thread::spawn(move || -> Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -599,12 +600,78 @@ impl Drop for Grants {
             runtime.block_on(async {
                 use sqlx::Connection;
                 let mut connection = sqlx::PgConnection::connect(&url).await?;
-                sqlx::query(GRANT).execute(&mut connection).await?;
+                sqlx::query(sqlx::AssertSqlSafe(grant))
+                    .execute(&mut connection)
+                    .await?;
                 Ok(())
             })
         });
         if !matches!(restore.join(), Ok(Ok(()))) {
-            eprintln!("could not restore the UPDATE privilege: run `{GRANT}` as cdc_user");
+            eprintln!(
+                "could not restore a privilege: run `{}` as cdc_user",
+                self.grant
+            );
         }
     }
+}
+
+/// The users stream lags (the database refuses the users partitions' writes for a while) while
+/// orders of those users arrive: after the parent wait the orders are not parked, since their
+/// users are still on their way (the users stream is not applied past the orders' time); they
+/// wait, counted in `cdc_orders_waiting_for_user`, and are applied once their users are. Nothing
+/// is dead-lettered and PostgreSQL ends exactly as the model.
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_wait_for_a_lagging_users_stream_instead_of_being_parked() -> Result<()> {
+    let _exclusive = stack_tests::exclusive().await;
+    let run = Run::new().await?;
+    let events = generated(seed(), 30, 90);
+    let expected = Model::from_events(&events);
+    let (users, orders): (Vec<Event>, Vec<Event>) = events
+        .iter()
+        .cloned()
+        .partition(|e| matches!(e, Event::User(_)));
+    let pool = pool(&run.stack).await?;
+    let grants = Grants::revoke(&pool, &run.stack.database_url, "INSERT", "users").await?;
+    let address = free_address()?;
+    let mut command = run.consumer_command(0);
+    command
+        .env("METRICS_ADDR", &address)
+        .env("PARENT_WAIT_SECS", "1");
+    let child = Process::spawn("consumer", command)?;
+    run.send_events(&users).await?;
+    run.send_events(&orders).await?;
+    // Several parent waits pass while the users cannot be written.
+    let waiting = wait_for(
+        "orders held back for their users",
+        Duration::from_secs(60),
+        || {
+            let address = &address;
+            async move {
+                let (_, metrics) = http_get(address, "/metrics").await?;
+                let waiting: i64 = metrics
+                    .lines()
+                    .find_map(|line| line.strip_prefix("cdc_orders_waiting_for_user "))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0);
+                Ok((waiting > 0).then_some(waiting))
+            }
+        },
+    )
+    .await?;
+    // Four more rounds of the 1 s parent wait: none of them may park an order.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let dlq = cdc_core::dlq::topic_for(&run.orders_topic);
+    ensure!(
+        dead_letters(&run.stack, &dlq)?.is_empty(),
+        "orders whose users were on their way were parked"
+    );
+    ensure!(count_orders(&pool, &expected.order_ids()).await? == 0);
+    eprintln!("{waiting} orders waiting while the users could not be written");
+    grants.restore().await?;
+    wait_for_model(&pool, &expected, Duration::from_secs(120)).await?;
+    let stdout = child.terminate().await?;
+    let summary = summary("consumer", &stdout);
+    nothing_dead_lettered(&summary)?;
+    ensure!(dead_letters(&run.stack, &dlq)?.is_empty());
+    expected.check_postgres(&pool).await
 }

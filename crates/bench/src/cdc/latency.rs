@@ -210,7 +210,7 @@ pub(super) async fn watch_kafka(
             debezium::Record::Change(change) => change.source.commit_micros(),
             debezium::Record::Tombstone { .. } => continue,
         };
-        let Ok(Planned::Writes(plan)) = plan::plan(&record, DecimalMode::Precise) else {
+        let Ok(Planned::Writes(plan)) = plan::plan(&record, &Encoding::default()) else {
             continue;
         };
         let Some(version) = planned_version(&plan.writes) else {

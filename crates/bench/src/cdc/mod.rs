@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use cdc_core::config::KafkaArgs;
-use cdc_core::debezium::{self, DecimalMode, Field};
+use cdc_core::debezium::{self, Encoding, Field};
 use cdc_core::events::EntityKind;
 use cdc_core::metrics::Metrics;
 use cdc_core::runtime::{start_batch, BatchOutcome};

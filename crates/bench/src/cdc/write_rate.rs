@@ -244,7 +244,7 @@ impl RateStream {
         for record in &records {
             let parsed = debezium::parse(Some(record.key.as_bytes()), Some(&record.payload))
                 .context("a built envelope does not parse")?;
-            match plan::plan(&parsed, DecimalMode::Precise).context("a built envelope")? {
+            match plan::plan(&parsed, &Encoding::default()).context("a built envelope")? {
                 Planned::Writes(plan) => {
                     writes.extend(plan.writes.into_iter().map(|w| (w, plan.lsn)));
                 }
@@ -613,8 +613,9 @@ pub(super) async fn run_handler(
         metrics: metrics.clone(),
         lanes: args.lanes,
         gates: KeyGates::default(),
-        decimals: DecimalMode::Precise,
+        encoding: Encoding::default(),
         give_up_after: cdc_core::retry::DEFAULT_GIVE_UP_AFTER,
+        positions: None,
     });
     let cancel = CancellationToken::new();
     let cpu_before = cpu_seconds("self");

@@ -126,6 +126,7 @@ mod tests {
             table: &tables::USERS,
             key: Uuid::nil(),
             lsn: 1,
+            fill: false,
             commit_micros: 0,
             writes: Vec::new(),
         };

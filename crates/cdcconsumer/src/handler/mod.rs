@@ -19,6 +19,7 @@
 
 pub mod gates;
 pub mod plan;
+pub mod positions;
 mod truncate;
 mod write;
 
@@ -26,10 +27,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cdc_core::debezium::DecimalMode;
+use cdc_core::debezium::Encoding;
 use cdc_core::dlq::DeadLetters;
 use cdc_core::metrics::{Metrics, Tally, TopicLabels};
 use cdc_core::outcome::Interrupted;
+use cdc_core::retry::retry;
 use cdc_core::runtime::BatchHandler;
 use cdc_core::tables::Table;
 use prometheus_client::metrics::family::Family;
@@ -39,9 +41,10 @@ use rdkafka::message::{Message, OwnedMessage};
 use scylla::client::session::Session;
 use tokio_util::sync::CancellationToken;
 
-use crate::cassandra::Statements;
+use crate::cassandra::{Statements, Truncations};
 use gates::{chains_by_key, KeyGates, Turn};
 use plan::{plan_record, Plan, PlanError, Planned};
+use positions::PositionGuard;
 
 /// A record whose values Cassandra refuses.
 pub const REJECTED_BY_CASSANDRA: &str = "rejected_by_cassandra";
@@ -49,7 +52,7 @@ pub const REJECTED_BY_CASSANDRA: &str = "rejected_by_cassandra";
 /// Every dead-letter reason of the CDC path.
 pub fn reasons() -> Vec<&'static str> {
     let mut reasons = plan::REASONS.to_vec();
-    reasons.push(REJECTED_BY_CASSANDRA);
+    reasons.extend([REJECTED_BY_CASSANDRA, positions::IMPOSSIBLE_POSITION]);
     reasons
 }
 
@@ -95,19 +98,22 @@ pub struct CdcHandler {
     pub cdc_metrics: CdcMetrics,
     /// Keys written at once per batch (a partition has up to `pipeline` batches in flight).
     pub lanes: usize,
-    /// The connector's `decimal.handling.mode`, for records without an embedded schema.
-    pub decimals: DecimalMode,
+    /// How the connector encodes decimals (for records without an embedded schema) and unchanged
+    /// TOASTed columns.
+    pub encoding: Encoding,
     /// How long a failure that is not a record's fault is retried before the batch gives up.
     pub give_up_after: Duration,
     /// Per-key order across batches in flight; start with `KeyGates::default()`.
     pub gates: KeyGates,
+    /// Refuses positions beyond PostgreSQL's current WAL (none: positions are not checked).
+    pub positions: Option<PositionGuard>,
 }
 
 impl std::fmt::Debug for CdcHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CdcHandler")
             .field("lanes", &self.lanes)
-            .field("decimals", &self.decimals)
+            .field("encoding", &self.encoding)
             .field("give_up_after", &self.give_up_after)
             .finish_non_exhaustive()
     }
@@ -128,6 +134,8 @@ struct Segment<'a> {
 enum Step<'a> {
     Segment(Segment<'a>),
     Truncate {
+        /// The truncate record's position in the batch.
+        index: usize,
         table: &'static Table,
         lsn: i64,
         commit_micros: i64,
@@ -143,7 +151,40 @@ struct Decoded<'a> {
     nothing: usize,
 }
 
+impl Decoded<'_> {
+    /// The highest source position the batch claims.
+    fn max_lsn(&self) -> i64 {
+        self.steps
+            .iter()
+            .map(|step| match step {
+                Step::Segment(segment) => {
+                    segment.plans.iter().map(|(_, p)| p.lsn).max().unwrap_or(0)
+                }
+                Step::Truncate { lsn, .. } => *lsn,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 impl CdcHandler {
+    /// The highest position that can be real (`i64::MAX` without a guard), asked of PostgreSQL
+    /// only when the batch claims a position above the last answer.
+    async fn position_ceiling(
+        &self,
+        max_lsn: i64,
+        cancel: &CancellationToken,
+    ) -> Result<i64, Interrupted> {
+        let Some(guard) = &self.positions else {
+            return Ok(i64::MAX);
+        };
+        retry("check source positions", self.give_up_after, cancel, || {
+            guard.ceiling(max_lsn)
+        })
+        .await?
+        .map_err(|error| Interrupted::gave_up("check source positions", error))
+    }
+
     /// Decodes and plans `batch` and claims its keys' turns; no `.await`, so batches claim in the
     /// order the runtime starts them.
     fn decode<'a>(&'a self, batch: &[OwnedMessage]) -> Decoded<'a> {
@@ -161,7 +202,7 @@ impl CdcHandler {
             Step::Segment(Segment { plans, chains })
         };
         for (index, message) in batch.iter().enumerate() {
-            match plan_record(message.key(), message.payload(), self.decimals) {
+            match plan_record(message.key(), message.payload(), &self.encoding) {
                 Ok(Planned::Writes(p)) => plans.push((index, p)),
                 Ok(Planned::Truncate {
                     table,
@@ -170,6 +211,7 @@ impl CdcHandler {
                 }) => {
                     decoded.steps.push(close(std::mem::take(&mut plans)));
                     decoded.steps.push(Step::Truncate {
+                        index,
                         table,
                         lsn,
                         commit_micros,
@@ -219,17 +261,41 @@ impl BatchHandler for CdcHandler {
         };
         // Observed only once the batch is durable (a batch handed over again counts once).
         let mut written = Vec::new();
-        for (index, error) in decoded.refused {
+        for (index, error) in &decoded.refused {
             let message = error.to_string();
             self.dlq
-                .park(&batch[index], error.reason(), message, &mut tally, cancel)
+                .park(&batch[*index], error.reason(), message, &mut tally, cancel)
                 .await?;
         }
+        let ceiling = self.position_ceiling(decoded.max_lsn(), cancel).await?;
         for step in decoded.steps {
             match step {
                 Step::Segment(segment) if segment.plans.is_empty() => {}
-                Step::Segment(Segment { plans, chains }) => {
-                    let refused = self.write_plans(&plans, chains, cancel).await?;
+                Step::Segment(Segment { mut plans, chains }) => {
+                    // Positions that cannot be real are parked, never written.
+                    let mut impossible = BTreeSet::new();
+                    for (index, plan) in plans.iter().filter(|(_, p)| p.lsn > ceiling) {
+                        let why = positions::impossible(plan.lsn, ceiling);
+                        let reason = positions::IMPOSSIBLE_POSITION;
+                        self.dlq
+                            .park(&batch[*index], reason, why, &mut tally, cancel)
+                            .await?;
+                        impossible.insert(*index);
+                    }
+                    for (index, plan) in &mut plans {
+                        if impossible.contains(index) {
+                            plan.writes.clear();
+                        }
+                    }
+                    // Snapshot reads are written just above their table's latest truncation.
+                    let truncations = if plans.iter().any(|(_, plan)| plan.fill) {
+                        self.read_truncations(cancel).await?
+                    } else {
+                        Truncations::default()
+                    };
+                    let refused = self
+                        .write_plans(&plans, chains, &truncations, cancel)
+                        .await?;
                     self.settle_truncations(&plans, cancel).await?;
                     let refused_at: BTreeSet<usize> = refused.iter().map(|(i, _)| *i).collect();
                     for (index, error) in refused {
@@ -244,16 +310,24 @@ impl BatchHandler for CdcHandler {
                             .await?;
                     }
                     for (index, plan) in &plans {
-                        if !refused_at.contains(index) {
+                        if !refused_at.contains(index) && !impossible.contains(index) {
                             tally.applied += 1;
                             written.push(plan.commit_micros);
                         }
                     }
                 }
+                Step::Truncate { index, lsn, .. } if lsn > ceiling => {
+                    let why = positions::impossible(lsn, ceiling);
+                    let reason = positions::IMPOSSIBLE_POSITION;
+                    self.dlq
+                        .park(&batch[index], reason, why, &mut tally, cancel)
+                        .await?;
+                }
                 Step::Truncate {
                     table,
                     lsn,
                     commit_micros,
+                    ..
                 } => {
                     self.truncate(table, lsn, cancel).await?;
                     tally.applied += 1;

@@ -5,9 +5,7 @@
 //! captured table, in order, converted to the CQL value of its mirrored column. An unchanged TOAST
 //! column stays [`Field::Unavailable`] and is never written.
 
-use cdc_core::debezium::{
-    self, Cell, Change, DecimalMode, EnvelopeError, Field, Image, Op, Record,
-};
+use cdc_core::debezium::{self, Cell, Change, Encoding, EnvelopeError, Field, Image, Op, Record};
 use cdc_core::tables::{self, ColumnType, Table};
 use scylla::value::{CqlDate, CqlDecimal, CqlTimestamp, CqlValue};
 use uuid::Uuid;
@@ -54,11 +52,34 @@ pub struct Plan {
     pub table: &'static Table,
     /// The row's primary key: changes of one row stay in order.
     pub key: Uuid,
-    /// Source LSN: the write timestamp of every mutation.
+    /// Source LSN: the change's place in PostgreSQL's history, and the write timestamp of every
+    /// mutation — except for a snapshot read ([`Plan::fill`]).
     pub lsn: i64,
+    /// A snapshot read (`op` `r`, initial or incremental): it only fills what Cassandra lacks. Its
+    /// `source.lsn` is where the snapshot (or its chunk's window) ended, not when the row last
+    /// changed: a transaction that wrote the row before that point but committed after it is
+    /// streamed later with a lower LSN, and must still win. So a read is written just above the
+    /// table's latest truncation ([`Plan::write_timestamp`]), below every change it did not see.
+    pub fill: bool,
     /// Source commit time, µs since the epoch (for the end-to-end lag).
     pub commit_micros: i64,
     pub writes: Vec<Write>,
+}
+
+impl Plan {
+    /// The write timestamp of the plan's mutations, given the latest truncation LSN of its table:
+    /// its LSN, or for a snapshot read one above the truncation it followed (1 if none). Every
+    /// change the read did not see was logged after that truncation, so it wins; a truncation
+    /// after the read deletes it (see `handler::truncate`).
+    pub fn write_timestamp(&self, truncated_at: i64) -> i64 {
+        if !self.fill {
+            self.lsn
+        } else if truncated_at < self.lsn {
+            truncated_at.saturating_add(1).max(1)
+        } else {
+            1
+        }
+    }
 }
 
 /// What a record asks of the sink.
@@ -120,12 +141,12 @@ pub fn decimal(value: &rust_decimal::Decimal) -> CqlDecimal {
 }
 
 /// Every column of `table` read from `image`, in order, as CQL values.
-fn row(image: &Image, table: &Table, decimals: DecimalMode) -> Result<Vec<Col>, EnvelopeError> {
+fn row(image: &Image, table: &Table, encoding: &Encoding) -> Result<Vec<Col>, EnvelopeError> {
     table
         .columns
         .iter()
         .map(|column| {
-            Ok(match image.get_with(column.name, column.ty, decimals)? {
+            Ok(match image.get_with(column.name, column.ty, encoding)? {
                 Field::Null => Field::Null,
                 Field::Unavailable => Field::Unavailable,
                 Field::Value(cell) => Field::Value(cql(column.name, column.ty, cell)?),
@@ -154,7 +175,7 @@ fn delete(table: &'static Table, key: Vec<CqlValue>) -> Write {
 }
 
 /// Turns one Debezium record into the writes it implies.
-pub fn plan(record: &Record, decimals: DecimalMode) -> Result<Planned, PlanError> {
+pub fn plan(record: &Record, encoding: &Encoding) -> Result<Planned, PlanError> {
     let change = match record {
         Record::Tombstone { .. } => return Ok(Planned::Nothing),
         Record::Change(change) => change,
@@ -177,13 +198,13 @@ pub fn plan(record: &Record, decimals: DecimalMode) -> Result<Planned, PlanError
         }
         Op::Create | Op::Read | Op::Update => {
             let after = change.after.as_ref().ok_or_else(|| missing("after"))?;
-            let mut cells = row(after, table, decimals)?;
+            let mut cells = row(after, table, encoding)?;
             let id = key(table, &cells)?;
             let mut writes = Vec::with_capacity(3);
             if is_orders && change.op == Op::Update {
                 // REPLICA IDENTITY FULL: the before image holds the old user_id.
                 if let Some(before) = change.before.as_ref().filter(|b| b.has("user_id")) {
-                    let old = row(before, table, decimals)?;
+                    let old = row(before, table, encoding)?;
                     let moved_from = match (user_of(&old), user_of(&cells)) {
                         (Some(Field::Value(old_user)), Some(Field::Value(new_user)))
                             if old_user != new_user =>
@@ -219,7 +240,7 @@ pub fn plan(record: &Record, decimals: DecimalMode) -> Result<Planned, PlanError
         }
         Op::Delete => {
             let before = change.before.as_ref().ok_or_else(|| missing("before"))?;
-            let cells = row(before, table, decimals)?;
+            let cells = row(before, table, encoding)?;
             let id = key(table, &cells)?;
             let mut writes = vec![delete(table, vec![CqlValue::Uuid(id)])];
             if is_orders {
@@ -238,6 +259,7 @@ pub fn plan(record: &Record, decimals: DecimalMode) -> Result<Planned, PlanError
         table,
         key,
         lsn,
+        fill: change.op == Op::Read,
         commit_micros,
         writes,
     }))
@@ -263,11 +285,11 @@ pub fn undo(plan: &Plan) -> Vec<Write> {
 pub fn plan_record(
     key: Option<&[u8]>,
     value: Option<&[u8]>,
-    decimals: DecimalMode,
+    encoding: &Encoding,
 ) -> Result<Planned, PlanError> {
     debezium::parse(key, value)
         .map_err(PlanError::from)
-        .and_then(|record| plan(&record, decimals))
+        .and_then(|record| plan(&record, encoding))
 }
 
 #[cfg(test)]
@@ -291,7 +313,7 @@ mod tests {
         plan_record(
             key.as_deref().map(str::as_bytes),
             value.as_deref().map(str::as_bytes),
-            DecimalMode::Precise,
+            &Encoding::default(),
         )
     }
 
@@ -413,6 +435,44 @@ mod tests {
     }
 
     #[test]
+    fn the_placeholder_counts_only_in_toastable_columns_and_only_as_configured() {
+        let custom = Encoding {
+            unavailable: "__unchanged_3f9a".to_owned(),
+            ..Encoding::default()
+        };
+        let planned_with = |record: &Value, encoding: &Encoding| {
+            plan_record(
+                Some(record["key"].to_string().as_bytes()),
+                Some(record["value"].to_string().as_bytes()),
+                encoding,
+            )
+        };
+        let mut record = fixture("orders_u");
+        payload(&mut record)["after"]["product"] = Value::from("__unchanged_3f9a");
+        let Ok(Planned::Writes(plan)) = planned_with(&record, &custom) else {
+            panic!("no plan");
+        };
+        assert_eq!(plan.writes[0].cell("product"), Some(&Field::Unavailable));
+        // Debezium's default string is an ordinary value once another placeholder is set.
+        payload(&mut record)["after"]["product"] = Value::from(debezium::UNAVAILABLE);
+        let Ok(Planned::Writes(plan)) = planned_with(&record, &custom) else {
+            panic!("no plan");
+        };
+        assert_eq!(
+            plan.writes[0].cell("product"),
+            Some(&Field::Value(CqlValue::Text(
+                debezium::UNAVAILABLE.to_owned()
+            )))
+        );
+        // Never in a column that cannot be TOASTed: there it is a bad value, not "unchanged".
+        payload(&mut record)["after"]["user_id"] = Value::from("__unchanged_3f9a");
+        assert_eq!(
+            planned_with(&record, &custom).map_err(|e| e.reason()),
+            Err("bad_value")
+        );
+    }
+
+    #[test]
     fn unchanged_toast_column_is_left_unset_when_the_user_stays() {
         let mut record = fixture("orders_u");
         payload(&mut record)["after"]["product"] = Value::from(debezium::UNAVAILABLE);
@@ -481,6 +541,21 @@ mod tests {
         let mut record = fixture("orders_c");
         payload(&mut record)["after"]["quantity"] = Value::from(1_i64 << 40);
         assert_eq!(planned(&record).map_err(|e| e.reason()), Err("bad_value"));
+    }
+
+    #[test]
+    fn snapshot_reads_only_fill_below_every_change_they_did_not_see() {
+        let read = writes(&fixture("orders_r"));
+        assert!(read.fill);
+        // Never truncated: the lowest timestamp, so any streamed change wins.
+        assert_eq!(read.write_timestamp(0), 1);
+        // Just above a truncation before the read.
+        assert_eq!(read.write_timestamp(read.lsn - 10), read.lsn - 9);
+        // A truncation after the read deletes it at its own LSN anyway.
+        assert_eq!(read.write_timestamp(read.lsn + 10), 1);
+        let change = writes(&fixture("orders_c"));
+        assert!(!change.fill);
+        assert_eq!(change.write_timestamp(change.lsn - 10), change.lsn);
     }
 
     #[test]

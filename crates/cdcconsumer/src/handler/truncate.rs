@@ -42,18 +42,25 @@ impl CdcHandler {
             .await
     }
 
+    /// The latest truncation of each table, as recorded in Cassandra.
+    pub(super) async fn read_truncations(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<Truncations, Interrupted> {
+        retry("read truncations", self.give_up_after, cancel, || {
+            self.statements.truncations(&self.session)
+        })
+        .await?
+        .map_err(|error| Interrupted::gave_up("read truncations", error))
+    }
+
     /// Undoes, at the truncation's timestamp, upserts older than a truncation of their table.
     pub(super) async fn settle_truncations(
         &self,
         plans: &[(usize, Plan)],
         cancel: &CancellationToken,
     ) -> Result<(), Interrupted> {
-        let truncations: Truncations =
-            retry("read truncations", self.give_up_after, cancel, || {
-                self.statements.truncations(&self.session)
-            })
-            .await?
-            .map_err(|error| Interrupted::gave_up("read truncations", error))?;
+        let truncations = self.read_truncations(cancel).await?;
         let obsolete: Vec<(Write, i64)> = plans
             .iter()
             .filter(|(_, plan)| plan.lsn < truncations.of(plan.table))

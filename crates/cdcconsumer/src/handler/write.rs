@@ -10,7 +10,7 @@ use cdc_core::retry::retry;
 use super::gates::Turn;
 use super::plan::{Plan, Write};
 use super::CdcHandler;
-use crate::cassandra::CassandraError;
+use crate::cassandra::{CassandraError, Truncations};
 
 impl CdcHandler {
     /// Runs one write with its timestamp until it succeeds; an error that is the value's own
@@ -28,12 +28,14 @@ impl CdcHandler {
     }
 
     /// Writes the plans of one segment (no truncation inside): each key's plans one after another,
-    /// after the key's turns in earlier batches, up to `lanes` keys at once. Returns the indexes of
-    /// plans Cassandra refused because of their values, with the error.
+    /// after the key's turns in earlier batches, up to `lanes` keys at once, each at its write
+    /// timestamp given the tables' latest `truncations`. Returns the indexes of plans Cassandra
+    /// refused because of their values, with the error.
     pub(super) async fn write_plans(
         &self,
         plans: &[(usize, Plan)],
         chains: Vec<(Turn<'_>, Vec<usize>)>,
+        truncations: &Truncations,
         cancel: &CancellationToken,
     ) -> Result<Vec<(usize, CassandraError)>, Interrupted> {
         let pending: Vec<_> = chains
@@ -43,10 +45,11 @@ impl CdcHandler {
                 let mut refused = Vec::new();
                 for at in chain {
                     let (index, plan) = &plans[at];
+                    let ts = plan.write_timestamp(truncations.of(plan.table));
                     // One change's writes touch different rows and share a timestamp: they may
                     // run together.
                     let written = futures::future::join_all(
-                        plan.writes.iter().map(|w| self.write(w, plan.lsn, cancel)),
+                        plan.writes.iter().map(|w| self.write(w, ts, cancel)),
                     )
                     .await;
                     for result in written {

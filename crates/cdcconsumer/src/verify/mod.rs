@@ -6,9 +6,13 @@
 //! 2. [`compare::compare`]: one PostgreSQL snapshot against full Cassandra reads, row by row, a
 //!    report of missing / extra / different rows — [`compare::CompareError`].
 //!
+//! 3. [`dead_letters::count`]: what the dead-letter topics hold, by reason — valid events parked
+//!    by mistake would leave both stores agreeing, so they are counted too.
+//!
 //! It reports; it never repairs.
 
 pub mod compare;
+pub mod dead_letters;
 pub mod quiet;
 
 pub use compare::{compare, CompareError, CompareOptions, Report};

@@ -30,6 +30,8 @@ pub enum QuietError {
     Kafka(#[from] KafkaError),
     #[error("replication slot `{0}` does not exist")]
     SlotMissing(String),
+    #[error("{0}")]
+    SlotLost(String),
     #[error("topic `{0}` does not exist")]
     TopicMissing(String),
     #[error("pipeline not quiet after {waited:?}: {}", join(behind))]
@@ -53,7 +55,7 @@ impl QuietError {
                 KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_)
             ),
             Self::NotQuiet { .. } | Self::Blocking(_) => true,
-            Self::SlotMissing(_) | Self::TopicMissing(_) => false,
+            Self::SlotMissing(_) | Self::SlotLost(_) | Self::TopicMissing(_) => false,
         }
     }
 }
@@ -294,24 +296,31 @@ async fn wait_slot(
     poll_until(started, deadline, || slot_position(pool, slot, &target)).await
 }
 
+/// `confirmed_flush_lsn`, bytes from it to the target, `active`, `wal_status`.
+type SlotRow = (Option<String>, Option<i64>, bool, Option<String>);
+
 async fn slot_position(
     pool: &PgPool,
     slot: &str,
     target: &str,
 ) -> Result<Poll<SlotPosition>, QuietError> {
-    let row: Option<(Option<String>, Option<i64>, bool)> = sqlx::query_as(
+    let row: Option<SlotRow> = sqlx::query_as(
         "SELECT confirmed_flush_lsn::text, \
                 pg_wal_lsn_diff($2::pg_lsn, confirmed_flush_lsn)::bigint, \
-                active \
+                active, wal_status \
            FROM pg_replication_slots WHERE slot_name = $1",
     )
     .bind(slot)
     .bind(target)
     .fetch_optional(pool)
     .await?;
-    let Some((confirmed, bytes, active)) = row else {
+    let Some((confirmed, bytes, active, wal_status)) = row else {
         return Err(QuietError::SlotMissing(slot.to_owned()));
     };
+    if wal_status.as_deref() == Some("lost") {
+        let lost = crate::slot::SlotState::Lost { confirmed };
+        return Err(QuietError::SlotLost(lost.problem(slot).unwrap_or_default()));
+    }
     match (confirmed, bytes) {
         (Some(confirmed), Some(bytes)) if bytes <= 0 => Ok(Ok(SlotPosition {
             slot: slot.to_owned(),
