@@ -22,7 +22,9 @@ fn escape(text: &str) -> String {
 pub fn sparkline(label: &str, series: &Series, now_ms: i64, format: fn(f64) -> String) -> String {
     // Up to [`HISTORY`]: a console that started a minute ago spreads its minute over the width.
     let history = HISTORY.as_millis() as f64;
-    let first = series.first().map_or(now_ms as f64 - history, |(t, _)| *t as f64);
+    let first = series
+        .first()
+        .map_or(now_ms as f64 - history, |(t, _)| *t as f64);
     let span = (now_ms as f64 - first).clamp(60_000.0, history);
     let start = now_ms as f64 - span;
     let max = series.iter().map(|(_, v)| *v).fold(0.0_f64, f64::max);
