@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::handler::{self, EventHandler};
 use crate::parents::UsersStream;
 use crate::sink;
+use crate::unknown_fields::UnknownFields;
 
 /// Applies User and Order events from Kafka to PostgreSQL, idempotently and in order per entity.
 #[derive(Debug, clap::Parser)]
@@ -104,6 +105,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         "Orders held back because their user is not in PostgreSQL yet",
         waiting.clone(),
     );
+    let unknown_fields = UnknownFields::register(&metrics);
     let users_stream = UsersStream {
         kafka: options.kafka.client_config(),
         topic: options.topics.users_topic.clone(),
@@ -133,6 +135,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
             metrics: metrics.clone(),
             users: (kind == EntityKind::Order).then(|| users_stream.clone()),
             waiting: waiting.clone(),
+            unknown_fields: unknown_fields.clone(),
         });
         let mut config = options.kafka.client_config();
         config
