@@ -849,9 +849,32 @@ cmd_start() {
 # The main job: the stack (if not up), then producer -> Kafka -> consumer -> PostgreSQL, with a
 # summary of each step. Debezium captures the changes into the cdc.public.* topics as they land.
 cmd_pipeline() {
+    local started=$SECONDS
+    mkdir -p "$STATE" "$LOGS"
+    # The release build runs while the artifacts download and the services start: on a fresh
+    # machine both take minutes, and the build is CPU-bound while downloads and JVM start-ups wait.
+    say "building the pipeline binaries (release) in the background; log in $LOGS/build.log"
+    (
+        close_inherited_fds
+        cd "$ROOT" || exit 1
+        build_started=$SECONDS
+        cargo build --release -p producer -p consumer -p cdcconsumer
+        rc=$?
+        echo $((SECONDS - build_started)) >"$STATE/build.secs"
+        exit $rc
+    ) >"$LOGS/build.log" 2>&1 </dev/null &
+    local build_pid=$!
+    # shellcheck disable=SC2064 # expand now: the pid is known
+    trap "kill $build_pid 2>/dev/null || true" EXIT
     cmd_up
-    say "building the pipeline binaries (release)"
-    (cd "$ROOT" && cargo build --release --quiet -p producer -p consumer -p cdcconsumer) || die "cargo build failed"
+    local up_secs=$((SECONDS - started)) waited=$SECONDS
+    say "waiting for the release build"
+    wait "$build_pid" || { tail -30 "$LOGS/build.log" >&2; die "cargo build failed (see $LOGS/build.log)"; }
+    trap - EXIT
+    waited=$((SECONDS - waited))
+    local build_secs
+    build_secs=$(cat "$STATE/build.secs" 2>/dev/null || echo "?")
+    local run_started=$SECONDS
     local bin="${CARGO_TARGET_DIR:-$ROOT/target}/release"
     export KAFKA_BROKERS="$KAFKA_BOOTSTRAP" REPLICATION_FACTOR="$KAFKA_DEFAULT_REPLICATION_FACTOR"
     export DATABASE_URL="postgres://$POSTGRES_APP_USER:$POSTGRES_APP_PASSWORD@127.0.0.1:$POSTGRES_PORT/$POSTGRES_DB"
@@ -895,6 +918,8 @@ cmd_pipeline() {
     trap - EXIT
     cat "$LOGS/cdcconsumer.out"
     cmd_status
+    say "phases: stack up ${up_secs}s; release build ${build_secs}s (alongside the stack; ${waited}s waited after it);" \
+        "pipeline $((SECONDS - run_started))s; total $((SECONDS - started))s"
     case $verdict in
         0) say "pipeline done: Cassandra matches PostgreSQL" ;;
         1) die "Cassandra differs from PostgreSQL (see the report above)" ;;
