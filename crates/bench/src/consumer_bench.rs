@@ -618,7 +618,7 @@ async fn drain_topic(
             .await
             .with_context(|| format!("no record from {topic} for 30 s"))??;
         consumed += 1;
-        match events::decode(kind, message.key(), message.payload()) {
+        match events::decode(kind, message.key(), message.payload()).map(|d| d.event) {
             Ok(Event::User(e)) => users.push(e),
             Ok(Event::Order(e)) => orders.push(e),
             Err(invalid) => bail!(

@@ -1,4 +1,5 @@
-//! cdcconsumer's command line: the sink (no subcommand) and `verify`.
+//! cdcconsumer's command line: the sink (no subcommand), `verify`, and `dlq list` / `dlq replay`
+//! for its dead letters.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use cdc_core::config::{parse_time, KafkaArgs, LogArgs, PostgresArgs, RuntimeArgs
 use cdc_core::debezium::{DecimalMode, Encoding};
 use cdc_core::dlq::DeadLetters;
 use cdc_core::metrics::Metrics;
+use cdc_core::replay::DlqCommand;
 use cdc_core::retry::retry;
 use cdc_core::runtime::{self, RunEnd};
 use cdc_core::topics::{ensure_topics_with, TopicSpec};
@@ -40,6 +42,30 @@ pub enum Command {
     /// Wait until the pipeline is quiet, then compare PostgreSQL with Cassandra row by row. Exit
     /// status: 0 clean, 1 drift, 2 could not verify.
     Verify(VerifyArgs),
+    /// The dead letters of the CDC topics: list them, or replay a selection to its source topics
+    /// once the cause is fixed.
+    Dlq(DlqArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DlqArgs {
+    /// Debezium's topics (their dead letters are in `<topic>.dlq`).
+    #[arg(
+        long,
+        env = "CDC_TOPICS",
+        default_value = "cdc.public.users,cdc.public.orders",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub cdc_topics: Vec<String>,
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+/// Lists or replays dead letters (the CDC topics' unless `--source-topic` says otherwise);
+/// returns the exit status.
+pub async fn dlq(args: DlqArgs) -> i32 {
+    cdc_core::replay::exit_code(cdc_core::replay::run(args.command, &args.cdc_topics).await)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -1,6 +1,6 @@
 //! `cdcconsumer`: Debezium change events from Kafka into Cassandra, one worker per partition, and
-//! `cdcconsumer verify`, which proves Cassandra agrees with PostgreSQL. See the crate's library
-//! ([`cdcconsumer::cli`]).
+//! `cdcconsumer verify`, which proves Cassandra agrees with PostgreSQL, and `cdcconsumer dlq
+//! list|replay` for its dead letters. See the crate's library ([`cdcconsumer::cli`]).
 
 use cdcconsumer::cli::{self, Command, Options};
 use clap::Parser;
@@ -16,6 +16,10 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Verify(args)) => {
             args.common.log.init();
             std::process::exit(cli::verify_exit_code(cli::verify(args).await))
+        }
+        Some(Command::Dlq(args)) => {
+            args.command.log().init();
+            std::process::exit(cli::dlq(args).await)
         }
     }
 }

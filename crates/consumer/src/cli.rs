@@ -1,5 +1,6 @@
-//! The consumer's command line, and a run: prepare the topics and the schema, then consume the
-//! users and orders topics (one consumer group each) until shutdown or the idle timeout.
+//! The consumer's command line: a run (no subcommand) — prepare the topics and the schema, then
+//! consume the users and orders topics (one consumer group each) until shutdown or the idle
+//! timeout — and `dlq list` / `dlq replay` for its dead letters.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use cdc_core::config::{KafkaArgs, LogArgs, PostgresArgs, RuntimeArgs, TopicArgs}
 use cdc_core::dlq::DeadLetters;
 use cdc_core::events::EntityKind;
 use cdc_core::metrics::Metrics;
+use cdc_core::replay::DlqCommand;
 use cdc_core::runtime::{self, RunEnd};
 use cdc_core::topics::{ensure_topics_with, TopicSpec};
 use tokio_util::sync::CancellationToken;
@@ -16,11 +18,47 @@ use tokio_util::sync::CancellationToken;
 use crate::handler::{self, EventHandler};
 use crate::parents::UsersStream;
 use crate::sink;
+use crate::unknown_fields::UnknownFields;
 
 /// Applies User and Order events from Kafka to PostgreSQL, idempotently and in order per entity.
 #[derive(Debug, clap::Parser)]
-#[command(name = "consumer", version)]
+#[command(name = "consumer", version, args_conflicts_with_subcommands = true)]
 pub struct Options {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// The dead letters of the users and orders topics: list them, or replay a selection to
+    /// its source topics once the cause is fixed.
+    Dlq(DlqArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DlqArgs {
+    /// Topic of user events (its dead letters are in `<topic>.dlq`).
+    #[arg(long, env = "USERS_TOPIC", default_value = "users", global = true)]
+    pub users_topic: String,
+    /// Topic of order events.
+    #[arg(long, env = "ORDERS_TOPIC", default_value = "orders", global = true)]
+    pub orders_topic: String,
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+/// Lists or replays dead letters (the users and orders topics' unless `--source-topic` says
+/// otherwise); returns the exit status.
+pub async fn dlq(args: DlqArgs) -> i32 {
+    let topics = [args.users_topic, args.orders_topic];
+    cdc_core::replay::exit_code(cdc_core::replay::run(args.command, &topics).await)
+}
+
+/// A run's options.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -56,7 +94,7 @@ pub struct Options {
 /// Prepares topics and schema, consumes until `shutdown` fires or the idle timeout passes, and
 /// prints one summary line per topic. Fails when a topic's consumption failed, ended with a
 /// stalled partition, or gave up.
-pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(options: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     tracing::info!(?options, "starting consumer");
     let kafka = options.kafka.client_config();
     options
@@ -104,6 +142,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         "Orders held back because their user is not in PostgreSQL yet",
         waiting.clone(),
     );
+    let unknown_fields = UnknownFields::register(&metrics);
     let users_stream = UsersStream {
         kafka: options.kafka.client_config(),
         topic: options.topics.users_topic.clone(),
@@ -133,6 +172,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
             metrics: metrics.clone(),
             users: (kind == EntityKind::Order).then(|| users_stream.clone()),
             waiting: waiting.clone(),
+            unknown_fields: unknown_fields.clone(),
         });
         let mut config = options.kafka.client_config();
         config

@@ -19,6 +19,7 @@ use cdc_core::runtime::BatchHandler;
 
 use crate::parents::{ProgressError, UsersStream};
 use crate::sink::{self as pg, SinkError};
+use crate::unknown_fields::UnknownFields;
 use futures::future::BoxFuture;
 use prometheus_client::metrics::gauge::Gauge;
 use uuid::Uuid;
@@ -50,6 +51,8 @@ pub struct EventHandler {
     pub users: Option<UsersStream>,
     /// Orders currently held back because their user is not there.
     pub waiting: Gauge,
+    /// Fields of the events this reader does not know (ignored, counted).
+    pub unknown_fields: UnknownFields,
 }
 
 impl std::fmt::Debug for EventHandler {
@@ -243,10 +246,16 @@ impl BatchHandler for EventHandler {
         let mut tally = Tally::default();
         let mut users = Vec::new();
         let mut orders = Vec::new();
+        let mut unknown_fields = Vec::new();
         for (index, message) in batch.iter().enumerate() {
             match events::decode(self.kind, message.key(), message.payload()) {
-                Ok(Event::User(e)) => users.push((index, e)),
-                Ok(Event::Order(e)) => orders.push((index, e)),
+                Ok(decoded) => {
+                    unknown_fields.extend(decoded.unknown_fields);
+                    match decoded.event {
+                        Event::User(e) => users.push((index, e)),
+                        Event::Order(e) => orders.push((index, e)),
+                    }
+                }
                 Err(invalid) => {
                     let error = invalid.to_string();
                     self.dlq
@@ -261,6 +270,10 @@ impl BatchHandler for EventHandler {
         if !orders.is_empty() {
             self.apply_orders(&orders, batch, &mut tally, cancel)
                 .await?;
+        }
+        // Counted once the batch is durable, like the records themselves.
+        if let Some(first) = batch.first() {
+            self.unknown_fields.count(first.topic(), &unknown_fields);
         }
         self.metrics.record_batch(batch, &tally, started.elapsed());
         Ok(())

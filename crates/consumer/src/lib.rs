@@ -6,8 +6,10 @@
 //!   rest with retries, hold orders back until their user exists.
 //! - `parents`: whether a late order's user can still come (the users stream's progress).
 //! - [`sink`]: the PostgreSQL sink — version-guarded UNNEST upserts and the schema.
+//! - `unknown_fields`: fields of the events this reader ignores, counted with bounded cardinality.
 
 pub mod cli;
 mod handler;
 mod parents;
 pub mod sink;
+mod unknown_fields;

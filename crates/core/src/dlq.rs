@@ -4,8 +4,9 @@
 //! Only a record's own defect may send it here; a failure of the infrastructure is retried by the
 //! handler instead. A dead-lettered record counts as handled only once the dead-letter write is
 //! acknowledged (acks=all): only then may the source offset be stored. The whole dead letter is
-//! bounded (key, error text and payload are cut, the cut noted in a header), so it can always be
-//! written whatever the record was.
+//! bounded (key, headers, error text and payload are cut, the cut noted in a header), so it can
+//! always be written whatever the record was. A dead letter keeps the record's key, payload and
+//! headers as they were, so that it can be replayed once its cause is fixed (`crate::replay`).
 
 use std::time::Duration;
 
@@ -25,9 +26,19 @@ pub const HEADER_ERROR: &str = "dlq.error";
 pub const HEADER_TOPIC: &str = "dlq.source.topic";
 pub const HEADER_PARTITION: &str = "dlq.source.partition";
 pub const HEADER_OFFSET: &str = "dlq.source.offset";
-/// Present when the key, the error or the payload was cut: what was cut and its original size,
-/// e.g. `key=2097152,payload=3145728`.
+/// Present when the key, the headers, the error or the payload was cut: what was cut and its
+/// original size (the headers' count), e.g. `key=2097152,payload=3145728`.
 pub const HEADER_TRUNCATED: &str = "dlq.truncated";
+
+/// The headers parking writes; a source record's header of one of these names is not copied.
+const PARKING_HEADERS: [&str; 6] = [
+    HEADER_REASON,
+    HEADER_ERROR,
+    HEADER_TOPIC,
+    HEADER_PARTITION,
+    HEADER_OFFSET,
+    HEADER_TRUNCATED,
+];
 
 /// The dead-letter topic of a source topic.
 pub fn topic_for(source: &str) -> String {
@@ -42,6 +53,8 @@ pub struct DeadLetter<'a> {
     pub offset: i64,
     pub key: Option<&'a [u8]>,
     pub payload: Option<&'a [u8]>,
+    /// The record's own headers, in order.
+    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
     /// Short machine-readable reason (`undecodable`, `missing_parent`, …).
     pub reason: &'a str,
     /// Human-readable detail.
@@ -72,7 +85,8 @@ impl Classify for DlqError {
     }
 }
 
-/// A dead letter read back: why it was parked and where it came from, as its headers say.
+/// A dead letter read back: why it was parked and where it came from, as its headers say, and
+/// where it lies itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parked {
     pub reason: String,
@@ -80,12 +94,18 @@ pub struct Parked {
     pub source_topic: String,
     pub source_partition: i32,
     pub source_offset: i64,
-    /// Every header, in order (`dlq.*` and any the source record had).
-    pub headers: Vec<(String, String)>,
+    /// What parking cut ([`HEADER_TRUNCATED`]), if anything.
+    pub truncated: Option<String>,
+    /// Every header, in order (`dlq.*` and any the source record had), values as written.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     /// When it was parked, ms since the epoch (the record's timestamp).
     pub parked_at: Option<i64>,
+    /// The dead letter's own place: the dead-letter topic, partition and offset.
+    pub dlq_topic: String,
+    pub dlq_partition: i32,
+    pub dlq_offset: i64,
 }
 
 /// A record on a dead-letter topic without the headers a dead letter has.
@@ -100,14 +120,11 @@ impl Parked {
     /// Reads a record of a dead-letter topic.
     pub fn from_message(message: &OwnedMessage) -> Result<Self, NotADeadLetter> {
         use rdkafka::message::Headers;
-        let headers: Vec<(String, String)> = message
+        let headers: Vec<(String, Option<Vec<u8>>)> = message
             .headers()
             .map(|h| {
                 h.iter()
-                    .map(|h| {
-                        let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
-                        (h.key.to_owned(), value.into_owned())
-                    })
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
                     .collect()
             })
             .unwrap_or_default();
@@ -115,13 +132,16 @@ impl Parked {
             offset: message.offset(),
             problem,
         };
-        let header = |name: &str| {
+        let optional = |name: &str| {
             headers
                 .iter()
                 .find(|(key, _)| key == name)
-                .map(|(_, value)| value.clone())
-                .ok_or_else(|| problem(format!("no {name} header")))
+                .map(|(_, value)| {
+                    String::from_utf8_lossy(value.as_deref().unwrap_or_default()).into_owned()
+                })
         };
+        let header =
+            |name: &str| optional(name).ok_or_else(|| problem(format!("no {name} header")));
         let number = |name: &str| -> Result<i64, NotADeadLetter> {
             header(name)?
                 .parse()
@@ -134,11 +154,25 @@ impl Parked {
             source_partition: i32::try_from(number(HEADER_PARTITION)?)
                 .map_err(|_| problem("partition out of range".into()))?,
             source_offset: number(HEADER_OFFSET)?,
-            headers: headers.clone(),
+            truncated: optional(HEADER_TRUNCATED),
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
             parked_at: message.timestamp().to_millis(),
+            dlq_topic: message.topic().to_owned(),
+            dlq_partition: message.partition(),
+            dlq_offset: message.offset(),
+            headers,
         })
+    }
+
+    /// The value of the first header called `name`, as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| {
+                String::from_utf8_lossy(value.as_deref().unwrap_or_default()).into_owned()
+            })
     }
 }
 
@@ -149,6 +183,9 @@ pub const MAX_PARKED_BYTES: usize = 256 * 1024;
 pub const MAX_PARKED_KEY_BYTES: usize = 1024;
 /// Largest `dlq.error` text.
 pub const MAX_ERROR_BYTES: usize = 4096;
+/// Most source headers copied into a dead letter, and their largest total size (keys and values).
+pub const MAX_PARKED_HEADERS: usize = 64;
+pub const MAX_PARKED_HEADER_BYTES: usize = 16 * 1024;
 
 /// The producer dead letters are written with: `base` (brokers and extra options) with acks=all
 /// and idempotence.
@@ -174,6 +211,7 @@ fn cut_text(text: &str, max: usize) -> &str {
 struct Bounded<'a> {
     key: Option<&'a [u8]>,
     payload: Option<&'a [u8]>,
+    headers: Vec<(&'a str, Option<&'a [u8]>)>,
     error: &'a str,
     truncated: Option<String>,
 }
@@ -186,6 +224,23 @@ fn bound<'a>(letter: &'a DeadLetter<'_>) -> Bounded<'a> {
         }
         &k[..k.len().min(MAX_PARKED_KEY_BYTES)]
     });
+    // The source's headers as they were, but for any posing as parking's own; whole headers only.
+    let copied: Vec<(&str, Option<&[u8]>)> = letter
+        .headers
+        .iter()
+        .filter(|(name, _)| !PARKING_HEADERS.contains(name))
+        .copied()
+        .collect();
+    let mut headers = Vec::new();
+    let mut bytes = 0;
+    for (name, value) in &copied {
+        bytes += name.len() + value.map_or(0, <[u8]>::len);
+        if headers.len() == MAX_PARKED_HEADERS || bytes > MAX_PARKED_HEADER_BYTES {
+            cut.push(format!("headers={}", copied.len()));
+            break;
+        }
+        headers.push((*name, *value));
+    }
     let error = cut_text(&letter.error, MAX_ERROR_BYTES);
     if error.len() < letter.error.len() {
         cut.push(format!("error={}", letter.error.len()));
@@ -199,6 +254,7 @@ fn bound<'a>(letter: &'a DeadLetter<'_>) -> Bounded<'a> {
     Bounded {
         key,
         payload,
+        headers,
         error,
         truncated: (!cut.is_empty()).then(|| cut.join(",")),
     }
@@ -236,6 +292,9 @@ pub async fn park(producer: &FutureProducer, letter: &DeadLetter<'_>) -> Result<
             key: HEADER_TRUNCATED,
             value: Some(truncated.as_str()),
         });
+    }
+    for (key, value) in &bounded.headers {
+        headers = headers.insert(Header { key, value: *value });
     }
     let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(headers);
     if let Some(key) = bounded.key {
@@ -291,12 +350,20 @@ impl DeadLetters {
             error = %error,
             "dead-lettering record"
         );
+        let headers = message
+            .headers()
+            .map(|h| {
+                use rdkafka::message::Headers;
+                h.iter().map(|h| (h.key, h.value)).collect()
+            })
+            .unwrap_or_default();
         let letter = DeadLetter {
             source_topic: message.topic(),
             partition: message.partition(),
             offset: message.offset(),
             key: message.key(),
             payload: message.payload(),
+            headers,
             reason,
             error,
         };
@@ -329,6 +396,7 @@ mod tests {
             offset: 1,
             key: Some(&key),
             payload: Some(&payload),
+            headers: Vec::new(),
             reason: "too_large",
             error: error.clone(),
         };
@@ -351,5 +419,50 @@ mod tests {
         let bounded = bound(&small);
         assert_eq!(bounded.truncated, None);
         assert_eq!(bounded.key, Some(&b"id"[..]));
+    }
+
+    #[test]
+    fn source_headers_are_kept_bounded_and_cannot_pose_as_parking_s() {
+        let big = vec![b'v'; 1024];
+        let mut headers: Vec<(&str, Option<&[u8]>)> = vec![
+            ("trace-id", Some(b"abc")),
+            ("empty", None),
+            (HEADER_REASON, Some(b"forged")),
+            ("dlq.replayed_from", Some(b"orders.dlq/0/7")),
+        ];
+        let letter = DeadLetter {
+            source_topic: "orders",
+            partition: 0,
+            offset: 1,
+            key: Some(b"id"),
+            payload: Some(b"{}"),
+            headers: headers.clone(),
+            reason: "undecodable",
+            error: "bad".into(),
+        };
+        let bounded = bound(&letter);
+        assert_eq!(
+            bounded.headers,
+            vec![
+                ("trace-id", Some(&b"abc"[..])),
+                ("empty", None),
+                ("dlq.replayed_from", Some(&b"orders.dlq/0/7"[..])),
+            ]
+        );
+        assert_eq!(bounded.truncated, None);
+
+        headers.extend(std::iter::repeat_n(("big", Some(&big[..])), 40));
+        let many = DeadLetter {
+            headers: headers.clone(),
+            ..letter
+        };
+        let bounded = bound(&many);
+        let total: usize = bounded
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))
+            .sum();
+        assert!(total <= MAX_PARKED_HEADER_BYTES, "{total}");
+        assert_eq!(bounded.truncated.as_deref(), Some("headers=43"));
     }
 }

@@ -9,7 +9,7 @@
 //! Wire format (JSON, one event per Kafka record, key = entity id as text):
 //!
 //! ```json
-//! {"type": "order", "event_id": "1f0c…", "op": "UPDATE", "version": 2,
+//! {"type": "order", "schema_version": 1, "event_id": "1f0c…", "op": "UPDATE", "version": 2,
 //!  "order": {"id": "9b2e…", "user_id": "51d7…", "product": "Desk lamp", "quantity": 2,
 //!            "amount": "59.90", "status": "SHIPPED", "order_date": "2026-11-24",
 //!            "created_at": "2026-11-24T10:00:00.000001Z", "updated_at": "2026-11-24T10:05:00Z",
@@ -17,11 +17,28 @@
 //! ```
 //!
 //! Dates are `YYYY-MM-DD`, timestamps RFC 3339, money an exact decimal string (never a float).
+//!
+//! **Compatibility.** The reader is tolerant: fields it does not know are ignored (and named in
+//! [`Decoded::unknown_fields`], so they can be counted), so a producer may add new optional fields
+//! without coordinating with its readers. Removing, renaming or retyping a field, or changing what
+//! one means, needs a new `schema_version`; a reader refuses a version it does not support
+//! ([`InvalidEvent::UnsupportedSchemaVersion`]) instead of guessing. A record without
+//! `schema_version` is version 1: records written before the field existed stay readable.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use uuid::Uuid;
+
+/// The wire format's version: what [`Event::to_json`] (and so the producer) stamps on every event.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Whether this reader understands events of wire-format `version`.
+pub const fn supports_schema_version(version: u64) -> bool {
+    version == SCHEMA_VERSION
+}
 
 /// Largest record the consumer accepts; bigger ones are dead-lettered unread.
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
@@ -73,7 +90,6 @@ impl OrderStatus {
 
 /// A user as stored in `users`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct User {
     pub id: Uuid,
     pub name: String,
@@ -85,7 +101,6 @@ pub struct User {
 
 /// An order as stored in `orders`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Order {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -100,8 +115,7 @@ pub struct Order {
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserEvent {
     pub event_id: Uuid,
     pub op: Op,
@@ -109,8 +123,7 @@ pub struct UserEvent {
     pub user: User,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderEvent {
     pub event_id: Uuid,
     pub op: Op,
@@ -118,12 +131,46 @@ pub struct OrderEvent {
     pub order: Order,
 }
 
-/// Any business event; `type` on the wire tells which.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+/// Any business event; `type` on the wire tells which. Written with [`Event::to_json`] (or
+/// serde), read with [`from_json`] or [`decode`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     User(UserEvent),
     Order(OrderEvent),
+}
+
+/// An event as it is written: the envelope, stamped with [`SCHEMA_VERSION`], and one body.
+#[derive(Serialize)]
+struct Outgoing<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    schema_version: u64,
+    event_id: Uuid,
+    op: Op,
+    version: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a User>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order: Option<&'a Order>,
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (event_id, op, version, user, order) = match self {
+            Self::User(e) => (e.event_id, e.op, e.version, Some(&e.user), None),
+            Self::Order(e) => (e.event_id, e.op, e.version, None, Some(&e.order)),
+        };
+        Outgoing {
+            kind: self.kind().as_str(),
+            schema_version: SCHEMA_VERSION,
+            event_id,
+            op,
+            version,
+            user,
+            order,
+        }
+        .serialize(serializer)
+    }
 }
 
 impl Event {
@@ -189,10 +236,14 @@ pub enum InvalidEvent {
         field: &'static str,
         problem: String,
     },
+    #[error(
+        "schema version {version} is not supported (this reader knows version {SCHEMA_VERSION})"
+    )]
+    UnsupportedSchemaVersion { version: u64 },
 }
 
 /// Every value [`InvalidEvent::reason`] can return.
-pub const REASONS: [&str; 7] = [
+pub const REASONS: [&str; 8] = [
     "empty_payload",
     "too_large",
     "undecodable",
@@ -200,6 +251,7 @@ pub const REASONS: [&str; 7] = [
     "missing_key",
     "key_mismatch",
     "invalid_field",
+    "unsupported_schema_version",
 ];
 
 impl InvalidEvent {
@@ -213,6 +265,7 @@ impl InvalidEvent {
             Self::MissingKey => "missing_key",
             Self::KeyMismatch { .. } => "key_mismatch",
             Self::InvalidField { .. } => "invalid_field",
+            Self::UnsupportedSchemaVersion { .. } => "unsupported_schema_version",
         }
     }
 }
@@ -317,13 +370,139 @@ impl OrderEvent {
     }
 }
 
+/// An event read from its JSON, with what the reader ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub event: Event,
+    /// Fields the record carried that this reader does not know, as paths (`channel`,
+    /// `order.gift_wrap`), in the order met; an unknown object counts once, by its own name.
+    pub unknown_fields: Vec<String>,
+}
+
+/// The wire format's `type`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    User,
+    Order,
+}
+
+/// The envelope as it is read: the bodies are kept as text until `type` says which one counts.
+#[derive(Deserialize)]
+struct Incoming {
+    #[serde(rename = "type")]
+    kind: Kind,
+    schema_version: Option<u64>,
+    event_id: Uuid,
+    op: Op,
+    version: i64,
+    user: Option<Box<RawValue>>,
+    order: Option<Box<RawValue>>,
+}
+
+/// Only the version: read when the envelope is not one this reader understands, to tell an event
+/// of an unsupported version (whose shape may differ) from a broken one.
+#[derive(Deserialize)]
+struct VersionOnly {
+    schema_version: Option<u64>,
+}
+
+/// `T` from a whole JSON text, every ignored field's path (under `prefix`) added to `unknown`.
+fn read_tolerantly<T: DeserializeOwned>(
+    json: &[u8],
+    prefix: &str,
+    unknown: &mut Vec<String>,
+) -> Result<T, serde_json::Error> {
+    let mut reader = serde_json::Deserializer::from_slice(json);
+    let value = serde_ignored::deserialize(&mut reader, |path| {
+        unknown.push(format!("{prefix}{path}"));
+    })?;
+    reader.end()?;
+    Ok(value)
+}
+
+/// The body called `name` (`user`, `order`), its ignored fields named under `name.`.
+fn read_body<T: DeserializeOwned>(
+    name: &str,
+    body: &RawValue,
+    unknown: &mut Vec<String>,
+) -> Result<T, InvalidEvent> {
+    read_tolerantly(body.get().as_bytes(), &format!("{name}."), unknown)
+        .map_err(|error| InvalidEvent::Undecodable(format!("{name}: {error}")))
+}
+
+/// Reads an event's JSON (the wire format's rules only; [`decode`] also checks the record).
+pub fn from_json(payload: &[u8]) -> Result<Decoded, InvalidEvent> {
+    let mut unknown_fields = Vec::new();
+    let incoming: Incoming = match read_tolerantly(payload, "", &mut unknown_fields) {
+        Ok(incoming) => incoming,
+        Err(error) => {
+            let version = serde_json::from_slice::<VersionOnly>(payload)
+                .ok()
+                .and_then(|v| v.schema_version);
+            return Err(match version {
+                Some(version) if !supports_schema_version(version) => {
+                    InvalidEvent::UnsupportedSchemaVersion { version }
+                }
+                _ => InvalidEvent::Undecodable(error.to_string()),
+            });
+        }
+    };
+    let version = incoming.schema_version.unwrap_or(SCHEMA_VERSION);
+    if !supports_schema_version(version) {
+        return Err(InvalidEvent::UnsupportedSchemaVersion { version });
+    }
+    let Incoming {
+        kind,
+        event_id,
+        op,
+        version,
+        user,
+        order,
+        ..
+    } = incoming;
+    let (name, body, other, other_name) = match kind {
+        Kind::User => ("user", user, order, "order"),
+        Kind::Order => ("order", order, user, "user"),
+    };
+    // The other kind's body is a field this kind of event does not have.
+    if other.is_some() {
+        unknown_fields.push(other_name.to_owned());
+    }
+    let body = body.ok_or_else(|| InvalidEvent::Undecodable(format!("missing field `{name}`")))?;
+    let event = match kind {
+        Kind::User => {
+            let user = read_body(name, &body, &mut unknown_fields)?;
+            Event::User(UserEvent {
+                event_id,
+                op,
+                version,
+                user,
+            })
+        }
+        Kind::Order => {
+            let order = read_body(name, &body, &mut unknown_fields)?;
+            Event::Order(OrderEvent {
+                event_id,
+                op,
+                version,
+                order,
+            })
+        }
+    };
+    Ok(Decoded {
+        event,
+        unknown_fields,
+    })
+}
+
 /// Decodes and validates one record: the checks every consumer of business events applies before
 /// anything reaches a database.
 pub fn decode(
     expected: EntityKind,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
-) -> Result<Event, InvalidEvent> {
+) -> Result<Decoded, InvalidEvent> {
     let payload = match payload {
         None | Some([]) => return Err(InvalidEvent::EmptyPayload),
         Some(bytes) => bytes,
@@ -334,15 +513,15 @@ pub fn decode(
             limit: MAX_EVENT_BYTES,
         });
     }
-    let event: Event = serde_json::from_slice(payload)
-        .map_err(|error| InvalidEvent::Undecodable(error.to_string()))?;
+    let decoded = from_json(payload)?;
+    let event = &decoded.event;
     if event.kind() != expected {
         return Err(InvalidEvent::WrongType {
             expected: expected.as_str(),
             found: event.kind().as_str(),
         });
     }
-    let id = match &event {
+    let id = match event {
         Event::User(e) => e.user.id,
         Event::Order(e) => e.order.id,
     };
@@ -353,11 +532,11 @@ pub fn decode(
     if key != id.to_string() {
         return Err(InvalidEvent::KeyMismatch { key, id });
     }
-    match &event {
+    match event {
         Event::User(e) => e.validate()?,
         Event::Order(e) => e.validate()?,
     }
-    Ok(event)
+    Ok(decoded)
 }
 
 #[cfg(test)]
@@ -401,6 +580,7 @@ mod tests {
         let (key, bytes) = encoded(&event);
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         assert_eq!(json["type"], "order");
+        assert_eq!(json["schema_version"], 1, "every event is stamped");
         assert_eq!(json["op"], "UPDATE");
         assert_eq!(
             json["order"]["amount"], "59.90",
@@ -410,7 +590,127 @@ mod tests {
         assert_eq!(json["order"]["status"], "SHIPPED");
         assert_eq!(json["order"]["updated_at"], "2026-11-18T11:11:40Z");
         let back = decode(EntityKind::Order, Some(key.as_bytes()), Some(&bytes));
-        assert_eq!(back, Ok(event));
+        assert_eq!(
+            back,
+            Ok(Decoded {
+                event,
+                unknown_fields: Vec::new()
+            })
+        );
+    }
+
+    /// The record `event` with its JSON changed by `edit`, decoded.
+    fn decoded_with(
+        event: &Event,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<Decoded, InvalidEvent> {
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&event.to_json()).unwrap_or_default();
+        edit(&mut json);
+        decode(
+            event.kind(),
+            Some(event.key().as_bytes()),
+            Some(json.to_string().as_bytes()),
+        )
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_named() {
+        let event = Event::Order(order_event());
+        let decoded = decoded_with(&event, |json| {
+            json["channel"] = "web".into();
+            json["order"]["gift_wrap"] = true.into();
+            json["order"]["meta"] = serde_json::json!({"campaign": {"id": 7}, "tags": [1, 2]});
+            // A body of the other kind is a field an order event does not have.
+            json["user"] = serde_json::json!({"whatever": 1});
+        });
+        let Ok(decoded) = decoded else {
+            panic!("an event with extra fields must be read: {decoded:?}");
+        };
+        assert_eq!(decoded.event, event, "the known fields are read exactly");
+        let mut fields = decoded.unknown_fields;
+        fields.sort();
+        assert_eq!(
+            fields,
+            ["channel", "order.gift_wrap", "order.meta", "user"],
+            "an unknown object counts once, by its own name"
+        );
+    }
+
+    #[test]
+    fn an_event_without_schema_version_is_version_1() {
+        let event = Event::User(UserEvent {
+            event_id: Uuid::from_u128(9),
+            op: Op::Create,
+            version: 1,
+            user: User {
+                id: Uuid::from_u128(10),
+                name: "Ada".into(),
+                email: "ada@example.com".into(),
+                created_at: at(0),
+                updated_at: at(0),
+                deleted_at: None,
+            },
+        });
+        let decoded = decoded_with(&event, |json| {
+            if let Some(envelope) = json.as_object_mut() {
+                envelope.remove("schema_version");
+            }
+        });
+        assert_eq!(decoded.map(|d| d.event), Ok(event));
+    }
+
+    #[test]
+    fn an_unsupported_schema_version_is_refused_whatever_its_shape() {
+        let event = Event::Order(order_event());
+        let reason = |edit: &dyn Fn(&mut serde_json::Value)| {
+            decoded_with(&event, edit)
+                .map(|_| ())
+                .map_err(|e| e.reason())
+        };
+        assert_eq!(
+            decoded_with(&event, |json| json["schema_version"] = 99.into()).map(|_| ()),
+            Err(InvalidEvent::UnsupportedSchemaVersion { version: 99 })
+        );
+        assert_eq!(
+            reason(&|json| json["schema_version"] = 0.into()),
+            Err("unsupported_schema_version")
+        );
+        // A later version may rename or retype fields: its shape is not judged by version 1's rules.
+        assert_eq!(
+            reason(&|json| {
+                json["schema_version"] = 2.into();
+                json["order"]["quantity"] = "two".into();
+                if let Some(envelope) = json.as_object_mut() {
+                    envelope.remove("event_id");
+                }
+            }),
+            Err("unsupported_schema_version")
+        );
+        assert_eq!(
+            reason(&|json| json["schema_version"] = "1".into()),
+            Err("undecodable"),
+            "a version must be a number"
+        );
+        assert_eq!(reason(&|json| json["schema_version"] = 1.into()), Ok(()));
+    }
+
+    #[test]
+    fn trailing_bytes_and_a_missing_body_are_undecodable() {
+        let event = Event::Order(order_event());
+        let key = event.key();
+        let mut bytes = event.to_json();
+        bytes.extend_from_slice(b" {}");
+        assert_eq!(
+            decode(EntityKind::Order, Some(key.as_bytes()), Some(&bytes)).map_err(|e| e.reason()),
+            Err("undecodable")
+        );
+        let missing = decoded_with(&event, |json| {
+            if let Some(envelope) = json.as_object_mut() {
+                envelope.remove("order");
+            }
+        });
+        assert_eq!(missing.map_err(|e| e.reason()), Err("undecodable"));
     }
 
     #[test]

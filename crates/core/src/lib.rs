@@ -1,13 +1,13 @@
 //! What the pipeline's binaries share: the business events and their wire format, the Debezium
 //! envelope parser, the tables' column descriptions, topic administration, the per-partition
-//! consumer runtime with its dead letters, retries and named outcomes, metrics, option groups,
-//! logging and shutdown.
+//! consumer runtime with its dead letters, retries and named outcomes, the dead-letter commands
+//! (`dlq list`, `dlq replay`), metrics, option groups, logging and shutdown.
 //!
 //! The binaries (`producer`, `consumer`, `cdcconsumer`) own their jobs; nothing here knows a
 //! database driver. Modules lower in this list never import from higher ones:
 //!
 //! - `runtime` → `dlq` → `retry` → `outcome`; `runtime`, `dlq` → `metrics`
-//! - `config` → `logging`, `topics`
+//! - `replay` → `config`, `dlq`, `topics`; `config` → `logging`, `topics`
 //! - `debezium` → `tables`; `events`, `generator` (feature `generator`) → `events`
 
 pub mod config;
@@ -19,6 +19,7 @@ pub mod generator;
 mod logging;
 pub mod metrics;
 pub mod outcome;
+pub mod replay;
 pub mod retry;
 pub mod runtime;
 pub mod shutdown;

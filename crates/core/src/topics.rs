@@ -198,6 +198,19 @@ pub fn read_to_end(
     from: &ReadFrom,
     timeout: Duration,
 ) -> Result<Vec<rdkafka::message::OwnedMessage>, KafkaError> {
+    let mut records = Vec::new();
+    scan_to_end(config, topic, from, timeout, |record| records.push(record))?;
+    Ok(records)
+}
+
+/// [`read_to_end`], handing each record to `visit` as it is read instead of keeping them all.
+pub fn scan_to_end(
+    config: &ClientConfig,
+    topic: &str,
+    from: &ReadFrom,
+    timeout: Duration,
+    mut visit: impl FnMut(rdkafka::message::OwnedMessage),
+) -> Result<(), KafkaError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     use rdkafka::{Offset, TopicPartitionList};
@@ -259,9 +272,8 @@ pub fn read_to_end(
             }
         }
     }
-    let mut records = Vec::new();
     if remaining.is_empty() {
-        return Ok(records);
+        return Ok(());
     }
     consumer.assign(&starts)?;
     let deadline = std::time::Instant::now() + timeout.max(Duration::from_secs(60));
@@ -281,11 +293,11 @@ pub fn read_to_end(
                 remaining.remove(&partition);
             }
             if message.offset() < end {
-                records.push(message.detach());
+                visit(message.detach());
             }
         }
     }
-    Ok(records)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
-//! Kafka as the tests see it: reading topics back, their offsets, raw records, dead letters, and
-//! cleaning up groups and topics.
+//! Kafka as the tests see it: reading topics back, their offsets, raw records, dead letters and
+//! their replays, and cleaning up groups and topics.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use cdc_core::dlq::Parked;
+use cdc_core::replay::{HEADER_REPLAYED_AT, HEADER_REPLAYED_FROM};
 use cdc_core::topics::{read_to_end, ReadFrom};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -187,6 +188,48 @@ pub fn dead_letters(stack: &Stack, dlq: &str) -> Result<Vec<Parked>> {
     Ok(letters)
 }
 
+/// The value of a record's first header called `name`, as text.
+pub fn header(record: &OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    record
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+}
+
+/// Each of `parked` was replayed once among `replayed`, and nothing else: on its source
+/// partition, with its key and payload, and `dlq.replayed_from` naming the dead letter.
+pub fn check_replayed(parked: &[Parked], replayed: &[OwnedMessage]) -> Result<()> {
+    ensure!(
+        replayed.len() == parked.len(),
+        "{} records replayed for {} dead letters",
+        replayed.len(),
+        parked.len()
+    );
+    for letter in parked {
+        let from = format!(
+            "{}/{}/{}",
+            letter.dlq_topic, letter.dlq_partition, letter.dlq_offset
+        );
+        let copies: Vec<&OwnedMessage> = replayed
+            .iter()
+            .filter(|r| header(r, HEADER_REPLAYED_FROM).as_deref() == Some(from.as_str()))
+            .collect();
+        ensure!(copies.len() == 1, "{from} replayed {} times", copies.len());
+        let copy = copies[0];
+        ensure!(
+            copy.partition() == letter.source_partition
+                && copy.key() == letter.key.as_deref()
+                && copy.payload() == letter.payload.as_deref()
+                && header(copy, HEADER_REPLAYED_AT).is_some(),
+            "{from} was not replayed as parked, to partition {}",
+            letter.source_partition
+        );
+    }
+    Ok(())
+}
+
 fn admin(stack: &Stack) -> Result<AdminClient<DefaultClientContext>> {
     Ok(config(stack).create()?)
 }
@@ -215,4 +258,13 @@ pub async fn delete_topics(stack: &Stack, topics: &[&str]) {
         }
         Err(error) => eprintln!("could not delete topics {topics:?}: {error}"),
     }
+}
+
+/// Deletes topics and their dead-letter topics, reporting (not failing on) errors: cleanup after
+/// a test.
+pub async fn delete_topics_and_dead_letters(stack: &Stack, topics: &[&str]) {
+    let dlqs: Vec<String> = topics.iter().map(|t| cdc_core::dlq::topic_for(t)).collect();
+    let mut all: Vec<&str> = topics.to_vec();
+    all.extend(dlqs.iter().map(String::as_str));
+    delete_topics(stack, &all).await;
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::unprepared::Statement;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
@@ -158,6 +159,14 @@ impl Pipeline {
                 .await?;
         Ok((u64::try_from(users)?, u64::try_from(orders)?))
     }
+}
+
+/// Drops a keyspace a test made for itself.
+pub async fn drop_keyspace(session: &Session, keyspace: &str) -> Result<()> {
+    let mut drop = Statement::new(format!("DROP KEYSPACE IF EXISTS {keyspace}"));
+    drop.set_request_timeout(Some(Duration::from_secs(60)));
+    session.query_unpaged(drop, ()).await?;
+    Ok(())
 }
 
 /// Stops a cdcconsumer started with [`Pipeline::start_sink`] (SIGTERM, it must exit 0) and

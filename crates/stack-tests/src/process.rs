@@ -289,6 +289,85 @@ pub fn summary(program: &str, stdout: &str) -> Summary {
     summary
 }
 
+/// Runs `<package> dlq <args…>` (`consumer` or `cdcconsumer`) with the stack's connection
+/// settings; returns its exit status and stdout (its log is shown when it fails to start).
+pub async fn dlq_command(
+    stack: &Stack,
+    package: &str,
+    args: &[&str],
+) -> Result<(ExitStatus, String)> {
+    let mut command = self::command(stack, &workspace_binary(package)?);
+    command.arg("dlq").args(args);
+    let (status, stdout) = Process::spawn(&format!("{package}-dlq"), command)?
+        .outcome(Duration::from_secs(120))
+        .await?;
+    eprintln!(
+        "{package} dlq {}: {status}\n{}",
+        args.join(" "),
+        stdout.trim_end()
+    );
+    Ok((status, stdout))
+}
+
+/// The counts of a `dlq replay` summary line (`replay: matched=N replayed=N skipped=N
+/// unreadable=N dry_run=B (…)`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayCounts {
+    pub matched: u64,
+    pub replayed: u64,
+    pub skipped: u64,
+    pub unreadable: u64,
+}
+
+/// The summary line of `dlq replay`'s stdout.
+pub fn replay_counts(stdout: &str) -> Result<ReplayCounts> {
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("replay: "))
+        .with_context(|| format!("no replay summary in:\n{stdout}"))?;
+    let mut counts = ReplayCounts::default();
+    for word in line.split_whitespace() {
+        let Some((name, value)) = word.split_once('=') else {
+            continue;
+        };
+        let value = || value.parse::<u64>();
+        match name {
+            "matched" => counts.matched = value()?,
+            "replayed" => counts.replayed = value()?,
+            "skipped" => counts.skipped = value()?,
+            "unreadable" => counts.unreadable = value()?,
+            _ => {}
+        }
+    }
+    Ok(counts)
+}
+
+/// Runs `<package> dlq replay --source-topic <source> --reason <reason> <extra…>` and requires it
+/// to replay `expected` dead letters, all it matched, skipping none.
+pub async fn replay_dead_letters(
+    stack: &Stack,
+    package: &str,
+    [source, reason]: [&str; 2],
+    extra: &[&str],
+    expected: u64,
+) -> Result<()> {
+    let mut args = vec!["replay", "--source-topic", source, "--reason", reason];
+    args.extend_from_slice(extra);
+    let (status, stdout) = dlq_command(stack, package, &args).await?;
+    let counts = replay_counts(&stdout)?;
+    let wanted = ReplayCounts {
+        matched: expected,
+        replayed: expected,
+        skipped: 0,
+        unreadable: 0,
+    };
+    ensure!(
+        status.success() && counts == wanted,
+        "{package} dlq replay ended {status} with {counts:?}, expected {wanted:?}"
+    );
+    Ok(())
+}
+
 /// A plain HTTP/1.1 GET: (status, body).
 pub async fn http_get(address: &str, path: &str) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -320,6 +399,24 @@ pub fn free_address() -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replay_summaries_parse() -> Result<()> {
+        let stdout = "replayed orders.dlq/0/1 to orders/2 reason=undecodable\n\
+                      replay: matched=3 replayed=2 skipped=1 unreadable=0 dry_run=false \
+                      (undecodable 2)\n";
+        assert_eq!(
+            replay_counts(stdout)?,
+            ReplayCounts {
+                matched: 3,
+                replayed: 2,
+                skipped: 1,
+                unreadable: 0
+            }
+        );
+        assert!(replay_counts("nothing").is_err());
+        Ok(())
+    }
 
     #[test]
     fn summary_lines_parse_per_topic() {

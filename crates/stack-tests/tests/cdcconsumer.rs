@@ -22,20 +22,23 @@ use anyhow::{ensure, Context, Result};
 use cdc_core::events::Event;
 use cdc_core::generator::{Generator, GeneratorConfig};
 use cdc_core::tables::{ORDERS, ORDERS_BY_USER, USERS};
+use cdc_core::topics::{ensure_topics, TopicSpec};
 use cdcconsumer::verify::compare::{Key, Value};
 use chrono::{TimeZone, Utc};
 use rdkafka::message::Message;
 use scylla::statement::Consistency;
 use serde_json::Value as Json;
 use stack_tests::kafka::{
-    dead_letters, delete_groups, delete_topics, end_offsets, find_change, json_value, producer,
-    records_in, records_since, send_raw, wait_captured,
+    check_replayed, dead_letters, delete_groups, delete_topics_and_dead_letters, end_offsets,
+    find_change, json_value, producer, records_in, records_since, send_raw, wait_captured,
 };
 use stack_tests::model::Model;
 use stack_tests::pipeline::{
-    group_spec, stop_sink, Pipeline, CDC_GROUP, CDC_ORDERS, CDC_USERS, KEYSPACE,
+    drop_keyspace, group_spec, stop_sink, Pipeline, CDC_GROUP, CDC_ORDERS, CDC_USERS, KEYSPACE,
 };
-use stack_tests::process::{self, nothing_dead_lettered, summary, workspace_binary, Process};
+use stack_tests::process::{
+    self, nothing_dead_lettered, replay_dead_letters, summary, workspace_binary, Process,
+};
 use stack_tests::rows::{
     column, differences, ensure_no_differences, expected_orders_by_user, id_key, pg_rows,
     CassandraReader, Precision,
@@ -196,15 +199,7 @@ async fn ten_thousand_events_through_every_hop_end_in_cassandra() -> Result<()> 
     model.check_cassandra(&reader).await?;
 
     delete_groups(&pipeline.stack, &[&users_group, &orders_group]).await;
-    let dlqs = [
-        cdc_core::dlq::topic_for(&users_topic),
-        cdc_core::dlq::topic_for(&orders_topic),
-    ];
-    delete_topics(
-        &pipeline.stack,
-        &[&users_topic, &orders_topic, &dlqs[0], &dlqs[1]],
-    )
-    .await;
+    delete_topics_and_dead_letters(&pipeline.stack, &[&users_topic, &orders_topic]).await;
     Ok(())
 }
 
@@ -1382,5 +1377,293 @@ async fn the_sink_starts_while_a_cassandra_node_hangs() -> Result<()> {
     outcome?;
     nothing_dead_lettered(&summary?)?;
     pipeline.verify(&Pipeline::cdc_groups(), "all").await?;
+    Ok(())
+}
+
+/// A captured change as a connector with `value.converter.schemas.enable=false` and
+/// `decimal.handling.mode=string` sends it: key and value without their schemas, each image's
+/// `amount` a decimal string (`amounts`, by row id, as the test wrote them).
+fn schemaless(
+    record: &rdkafka::message::OwnedMessage,
+    amounts: &BTreeMap<Uuid, String>,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let unwrap = |bytes: Option<&[u8]>| -> Result<Json> {
+        let json: Json = serde_json::from_slice(bytes.context("an empty part")?)?;
+        Ok(if json.get("schema").is_some() {
+            json["payload"].clone()
+        } else {
+            json
+        })
+    };
+    let key = unwrap(record.key())?;
+    let mut value = unwrap(record.payload())?;
+    for image in ["before", "after"] {
+        if let Some(row) = value[image].as_object_mut() {
+            let id: Uuid = row
+                .get("id")
+                .and_then(Json::as_str)
+                .context("an image without id")?
+                .parse()?;
+            if let Some(amount) = amounts.get(&id) {
+                row.insert("amount".to_owned(), Json::from(amount.as_str()));
+            }
+        }
+    }
+    Ok((key.to_string().into_bytes(), value.to_string().into_bytes()))
+}
+
+/// The source LSN of a captured change.
+fn lsn(record: &rdkafka::message::OwnedMessage) -> Result<i64> {
+    json_value(record)
+        .and_then(|v| v["payload"]["source"]["lsn"].as_i64())
+        .context("a change without an LSN")
+}
+
+/// Sends captured changes, reshaped by [`schemaless`], to `topic` on their partitions, in order.
+async fn forward(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    records: &[&rdkafka::message::OwnedMessage],
+    amounts: &BTreeMap<Uuid, String>,
+) -> Result<()> {
+    for record in records {
+        let (key, value) = schemaless(record, amounts)?;
+        send_raw(
+            producer,
+            topic,
+            Some(record.partition()),
+            Some(&key),
+            Some(&value),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// (consumed, applied, dead-lettered) of `topic` in a summary.
+fn counts_of(summary: &stack_tests::process::Summary, topic: &str) -> (u64, u64, u64) {
+    let counts = summary.get(topic).copied().unwrap_or_default();
+    (counts.consumed, counts.applied, counts.dead_lettered)
+}
+
+/// A cdcconsumer of the test's own topics, group and keyspace, with a decimal mode, run until
+/// idle; its summary.
+async fn run_own_sink(
+    pipeline: &Pipeline,
+    topics: &[&str; 2],
+    group: &str,
+    keyspace: &str,
+    decimals: &str,
+) -> Result<stack_tests::process::Summary> {
+    let mut command = process::command(&pipeline.stack, &workspace_binary("cdcconsumer")?);
+    command
+        .env("CASSANDRA_KEYSPACE", keyspace)
+        .env("CDC_TOPICS", topics.join(","))
+        .env("CDC_GROUP", group)
+        .env("DECIMAL_HANDLING_MODE", decimals)
+        .env("SLOT_NAME", "")
+        .env("IDLE_TIMEOUT_SECS", "5");
+    let stdout = Process::spawn("cdcconsumer", command)?
+        .run_to_end(Duration::from_secs(180))
+        .await?;
+    Ok(summary("cdcconsumer", &stdout))
+}
+
+/// Dead letters of the CDC path, replayed once their cause is fixed, are applied exactly once.
+///
+/// The cause, chosen because it happens in practice and is fixed on the consumer's side: the
+/// connector is switched to `decimal.handling.mode=string` with schemas off (smaller records), but
+/// cdcconsumer still runs with `--decimal-handling-mode precise`. Every order change is then
+/// parked as `bad_value` (an amount such as "43.21" is not base64 bytes); users are applied. The
+/// fix is to run cdcconsumer with `string`; a newer change of one order arrives and is applied;
+/// then `cdcconsumer dlq replay` publishes the parked changes — twice. Cassandra ends with exactly
+/// PostgreSQL's rows, each written at the LSN of its latest change (the replayed older changes of
+/// the updated order lose to the newer one), the second replay changes nothing (same rows, same
+/// write times), and nothing new is dead-lettered.
+///
+/// The records are the changes Debezium captured for rows the test wrote, reshaped as such a
+/// connector sends them, on topics, a group and a keyspace of the test's own: the shared CDC topics,
+/// their group and keyspace are left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn cdc_dead_letters_replayed_after_the_decimal_mode_is_fixed_are_applied_once() -> Result<()>
+{
+    let _exclusive = exclusive().await;
+    let pipeline = Pipeline::new().await?;
+    let pool = &pipeline.pool;
+    let users_topic = unique_name("it_dlq_cdc_users");
+    let orders_topic = unique_name("it_dlq_cdc_orders");
+    let group = unique_name("it_dlq_cdc_group");
+    let keyspace = unique_name("it_dlq_keyspace");
+    let rf = i32::try_from(pipeline.stack.broker_count)?;
+    ensure_topics(
+        &pipeline.stack.brokers,
+        &[
+            TopicSpec::new(&users_topic, 3, rf),
+            TopicSpec::new(&orders_topic, 3, rf),
+        ],
+        Duration::from_secs(30),
+    )
+    .await?;
+    let outcome = decimal_mode_scenario(
+        &pipeline,
+        pool,
+        [&users_topic, &orders_topic],
+        &group,
+        &keyspace,
+    )
+    .await;
+    drop_keyspace(&pipeline.cassandra, &keyspace).await?;
+    delete_groups(&pipeline.stack, &[&group]).await;
+    delete_topics_and_dead_letters(&pipeline.stack, &[&users_topic, &orders_topic]).await;
+    outcome
+}
+
+async fn decimal_mode_scenario(
+    pipeline: &Pipeline,
+    pool: &sqlx::PgPool,
+    topics: [&str; 2],
+    group: &str,
+    keyspace: &str,
+) -> Result<()> {
+    let [users_topic, orders_topic] = topics;
+    let starts = [
+        end_offsets(&pipeline.stack, CDC_USERS)?,
+        end_offsets(&pipeline.stack, CDC_ORDERS)?,
+    ];
+    let (u, a, b) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let amounts = BTreeMap::from([(a, "43.21".to_owned()), (b, "19.99".to_owned())]);
+    let mut tx = pool.begin().await?;
+    insert_user(&mut tx, u, "replay u").await?;
+    insert_order(&mut tx, a, u, "replay a", 4321).await?;
+    insert_order(&mut tx, b, u, "replay b", 1999).await?;
+    tx.commit().await?;
+    let set_status = |status: &'static str, version: i64| {
+        sqlx::query("UPDATE orders SET status = $1, updated_at = now(), version = $2 WHERE id = $3")
+            .bind(status)
+            .bind(version)
+            .bind(a)
+            .execute(pool)
+    };
+    set_status("SHIPPED", 2).await?;
+    let users = wait_captured(&pipeline.stack, CDC_USERS, &starts[0], &[(u, "c")]).await?;
+    let orders = wait_captured(
+        &pipeline.stack,
+        CDC_ORDERS,
+        &starts[1],
+        &[(a, "c"), (b, "c"), (a, "u")],
+    )
+    .await?;
+    let producer = producer(&pipeline.stack)?;
+    let user_c = find_change(&users, u, "c").context("u's insert")?;
+    let order_changes = [
+        find_change(&orders, a, "c").context("a's insert")?,
+        find_change(&orders, b, "c").context("b's insert")?,
+        find_change(&orders, a, "u").context("a's update")?,
+    ];
+    forward(&producer, users_topic, &[user_c], &amounts).await?;
+    forward(&producer, orders_topic, &order_changes, &amounts).await?;
+
+    // Misconfigured: the default decimal mode parks every order change.
+    let summary = run_own_sink(pipeline, &topics, group, keyspace, "precise").await?;
+    ensure!(
+        counts_of(&summary, users_topic) == (1, 1, 0)
+            && counts_of(&summary, orders_topic) == (3, 0, 3),
+        "{summary:?}"
+    );
+    let dlq = cdc_core::dlq::topic_for(orders_topic);
+    let parked = dead_letters(&pipeline.stack, &dlq)?;
+    ensure!(
+        parked.len() == 3
+            && parked
+                .iter()
+                .all(|l| l.reason == "bad_value" && l.error.contains("amount")),
+        "{parked:?}"
+    );
+    let reader = CassandraReader::new(&pipeline.cassandra, keyspace, Consistency::Quorum);
+    ensure!(
+        reader.rows(&ORDERS, &[a, b]).await?.is_empty(),
+        "an order was written"
+    );
+
+    // Fixed: a newer change of `a` is applied first, then the parked changes are replayed.
+    let before_delivery = end_offsets(&pipeline.stack, CDC_ORDERS)?;
+    set_status("DELIVERED", 3).await?;
+    let latest = wait_captured(&pipeline.stack, CDC_ORDERS, &before_delivery, &[(a, "u")]).await?;
+    let delivered = find_change(&latest, a, "u").context("a's second update")?;
+    forward(&producer, orders_topic, &[delivered], &amounts).await?;
+    let summary = run_own_sink(pipeline, &topics, group, keyspace, "string").await?;
+    ensure!(
+        counts_of(&summary, orders_topic) == (1, 1, 0),
+        "{summary:?}"
+    );
+
+    let expected_at = BTreeMap::from([
+        (u, lsn(user_c)?),
+        (a, lsn(delivered)?),
+        (b, lsn(order_changes[1])?),
+    ]);
+    let mut first = None;
+    for round in 1..=2 {
+        let before = end_offsets(&pipeline.stack, orders_topic)?;
+        replay_dead_letters(
+            &pipeline.stack,
+            "cdcconsumer",
+            [orders_topic, "bad_value"],
+            &[],
+            3,
+        )
+        .await?;
+        check_replayed(
+            &parked,
+            &records_since(&pipeline.stack, orders_topic, &before)?,
+        )?;
+        let summary = run_own_sink(pipeline, &topics, group, keyspace, "string").await?;
+        ensure!(
+            counts_of(&summary, orders_topic) == (3, 3, 0),
+            "round {round}: {summary:?}"
+        );
+
+        // Exactly PostgreSQL's rows, each at its latest change's LSN.
+        let snapshot = reader.snapshot().await?;
+        let expected_users = pg_rows(pool, &USERS, Some(&[u]), Precision::Millis).await?;
+        let expected_orders = pg_rows(pool, &ORDERS, Some(&[a, b]), Precision::Millis).await?;
+        let mut problems = Vec::new();
+        for (table, expected) in [
+            (&USERS, &expected_users),
+            (&ORDERS, &expected_orders),
+            (&ORDERS_BY_USER, &expected_orders_by_user(&expected_orders)),
+        ] {
+            let found = snapshot.tables.get(table.name).cloned().unwrap_or_default();
+            let rows: BTreeMap<Key, Vec<Value>> = found
+                .iter()
+                .map(|(k, (row, _))| (k.clone(), row.clone()))
+                .collect();
+            problems.extend(differences(table.name, expected, &rows));
+            for (key, (_, written)) in &found {
+                // The row's own id: the last uuid of its key (orders_by_user: user, order).
+                let id = key.values.iter().rev().find_map(|v| match v {
+                    Value::Uuid(id) => Some(*id),
+                    _ => None,
+                });
+                let wanted = id.and_then(|id| expected_at.get(&id));
+                if written.as_ref() != wanted {
+                    problems.push(format!(
+                        "{} {key}: written at {written:?}, expected {wanted:?}",
+                        table.name
+                    ));
+                }
+            }
+        }
+        ensure_no_differences(&problems)?;
+        match &first {
+            None => first = Some(snapshot),
+            Some(first) => ensure!(*first == snapshot, "the second replay changed Cassandra"),
+        }
+    }
+    ensure!(
+        dead_letters(&pipeline.stack, &dlq)?.len() == 3,
+        "the replays parked changes again"
+    );
+    ensure!(dead_letters(&pipeline.stack, &cdc_core::dlq::topic_for(users_topic))?.is_empty());
     Ok(())
 }

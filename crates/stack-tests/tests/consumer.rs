@@ -4,19 +4,23 @@
 //! going, and the database refusing writes for a while. The plumbing is the shared harness in
 //! `stack-tests`; this file holds the scenarios.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use cdc_core::events::Event;
+use cdc_core::events::{Event, UserEvent};
 use cdc_core::generator::{Generator, GeneratorConfig};
 use cdc_core::topics::{ensure_topics, TopicSpec};
 use chrono::{TimeZone, Utc};
 use sqlx::PgPool;
-use stack_tests::kafka::{dead_letters, end_offsets, producer, reset_to_earliest, send_raw};
+use stack_tests::kafka::{
+    check_replayed, dead_letters, end_offsets, producer, records_since, reset_to_earliest, send_raw,
+};
 use stack_tests::model::Model;
 use stack_tests::process::{
-    self, free_address, http_get, nothing_dead_lettered, summary, Process, Summary,
+    self, dlq_command, free_address, http_get, nothing_dead_lettered, replay_counts,
+    replay_dead_letters, summary, Process, Summary,
 };
 use stack_tests::{shared, unique_name, wait_for, workspace_binary, Stack};
 use uuid::Uuid;
@@ -157,6 +161,17 @@ async fn wait_for_model(pool: &PgPool, expected: &Model, timeout: Duration) -> R
     .await
 }
 
+/// The first user event of a stream.
+fn first_user(events: &[Event]) -> Result<UserEvent> {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::User(u) => Some(u.clone()),
+            Event::Order(_) => None,
+        })
+        .context("no user event")
+}
+
 /// Users' and orders' counts of an event stream.
 fn counts(events: &[Event]) -> (u64, u64) {
     let users = events
@@ -279,13 +294,7 @@ async fn hostile_records_are_dead_lettered_and_valid_ones_applied() -> Result<()
     let run = Run::new().await?;
     let events = generated(seed(), 50, 100);
     let expected = Model::from_events(&events);
-    let user = events
-        .iter()
-        .find_map(|e| match e {
-            Event::User(u) => Some(u.clone()),
-            Event::Order(_) => None,
-        })
-        .context("no user event")?;
+    let user = first_user(&events)?;
     let good = Event::User(user.clone());
     let good_json: serde_json::Value = serde_json::from_slice(&good.to_json())?;
     let key = Some(good.key().into_bytes());
@@ -502,7 +511,7 @@ async fn writes_refused_for_a_while_stall_visibly_then_recover_exactly() -> Resu
         "before the fault: {ready}, {stalled} stalled"
     );
 
-    let grants = Grants::revoke(&pool, &run.stack.database_url, "UPDATE", "users, orders").await?;
+    let grants = revoke(&pool, &run.stack.database_url, "UPDATE", "users, orders").await?;
     run.send_events(tail).await?;
     let seen = wait_for(
         "partitions reported stalled",
@@ -522,7 +531,7 @@ async fn writes_refused_for_a_while_stall_visibly_then_recover_exactly() -> Resu
         "/readyz does not say why: {}",
         seen.0
     );
-    grants.restore().await?;
+    grants.undo().await?;
 
     wait_for_model(&pool, &expected, Duration::from_secs(180)).await?;
     wait_for(
@@ -553,45 +562,44 @@ async fn writes_refused_for_a_while_stall_visibly_then_recover_exactly() -> Resu
     expected.check_postgres(&pool).await
 }
 
-/// A privilege of the application role, taken away and given back (its own tables: the owner
-/// may do both). Given back when dropped, should the test fail in between.
-struct Grants {
+/// A change to the database made for a test (a privilege taken away, a constraint added), undone
+/// by [`Undo::undo`] or, should the test fail first, when dropped.
+struct Undo {
     pool: PgPool,
     url: String,
-    grant: String,
-    restored: bool,
+    undo: String,
+    done: bool,
 }
 
-impl Grants {
-    /// Revokes `privilege` on `tables` (e.g. "UPDATE", "users, orders").
-    async fn revoke(pool: &PgPool, url: &str, privilege: &str, tables: &str) -> Result<Self> {
-        let revoke = format!("REVOKE {privilege} ON {tables} FROM CURRENT_USER");
-        sqlx::query(sqlx::AssertSqlSafe(revoke))
+impl Undo {
+    /// Runs `change` now; `undo` takes it back.
+    async fn apply(pool: &PgPool, url: &str, change: String, undo: String) -> Result<Self> {
+        sqlx::query(sqlx::AssertSqlSafe(change))
             .execute(pool)
             .await?;
         Ok(Self {
             pool: pool.clone(),
             url: url.to_owned(),
-            grant: format!("GRANT {privilege} ON {tables} TO CURRENT_USER"),
-            restored: false,
+            undo,
+            done: false,
         })
     }
 
-    async fn restore(mut self) -> Result<()> {
-        sqlx::query(sqlx::AssertSqlSafe(self.grant.clone()))
+    async fn undo(mut self) -> Result<()> {
+        sqlx::query(sqlx::AssertSqlSafe(self.undo.clone()))
             .execute(&self.pool)
             .await?;
-        self.restored = true;
+        self.done = true;
         Ok(())
     }
 }
 
-impl Drop for Grants {
+impl Drop for Undo {
     fn drop(&mut self) {
-        if self.restored {
+        if self.done {
             return;
         }
-        let (url, grant) = (self.url.clone(), self.grant.clone());
+        let (url, undo) = (self.url.clone(), self.undo.clone());
         // A connection of its own on a runtime of its own: the test's runtime may be unwinding.
         let restore = std::thread::spawn(move || -> Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -600,19 +608,28 @@ impl Drop for Grants {
             runtime.block_on(async {
                 use sqlx::Connection;
                 let mut connection = sqlx::PgConnection::connect(&url).await?;
-                sqlx::query(sqlx::AssertSqlSafe(grant))
+                sqlx::query(sqlx::AssertSqlSafe(undo))
                     .execute(&mut connection)
                     .await?;
                 Ok(())
             })
         });
         if !matches!(restore.join(), Ok(Ok(()))) {
-            eprintln!(
-                "could not restore a privilege: run `{}` as cdc_user",
-                self.grant
-            );
+            eprintln!("could not undo a change: run `{}` as cdc_user", self.undo);
         }
     }
+}
+
+/// Takes `privilege` on `tables` (e.g. "UPDATE", "users, orders") away from the application role
+/// (its own tables: the owner may take it and give it back).
+async fn revoke(pool: &PgPool, url: &str, privilege: &str, tables: &str) -> Result<Undo> {
+    Undo::apply(
+        pool,
+        url,
+        format!("REVOKE {privilege} ON {tables} FROM CURRENT_USER"),
+        format!("GRANT {privilege} ON {tables} TO CURRENT_USER"),
+    )
+    .await
 }
 
 /// The users stream lags (the database refuses the users partitions' writes for a while) while
@@ -631,7 +648,7 @@ async fn orders_wait_for_a_lagging_users_stream_instead_of_being_parked() -> Res
         .cloned()
         .partition(|e| matches!(e, Event::User(_)));
     let pool = pool(&run.stack).await?;
-    let grants = Grants::revoke(&pool, &run.stack.database_url, "INSERT", "users").await?;
+    let grants = revoke(&pool, &run.stack.database_url, "INSERT", "users").await?;
     let address = free_address()?;
     let mut command = run.consumer_command(0);
     command
@@ -667,11 +684,308 @@ async fn orders_wait_for_a_lagging_users_stream_instead_of_being_parked() -> Res
     );
     ensure!(count_orders(&pool, &expected.order_ids()).await? == 0);
     eprintln!("{waiting} orders waiting while the users could not be written");
-    grants.restore().await?;
+    grants.undo().await?;
     wait_for_model(&pool, &expected, Duration::from_secs(120)).await?;
     let stdout = child.terminate().await?;
     let summary = summary("consumer", &stdout);
     nothing_dead_lettered(&summary)?;
     ensure!(dead_letters(&run.stack, &dlq)?.is_empty());
     expected.check_postgres(&pool).await
+}
+
+/// Every `cdc_unknown_fields_total` series of `topics` on a consumer's endpoint, by topic and
+/// field.
+async fn unknown_field_counts(
+    address: &str,
+    topics: &[&str],
+) -> Result<BTreeMap<(String, String), u64>> {
+    let (_, metrics) = http_get(address, "/metrics").await?;
+    let mut counts = BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("cdc_unknown_fields_total{topic=\"") else {
+            continue;
+        };
+        let (topic, rest) = rest.split_once("\",field=\"").context(line.to_owned())?;
+        let (field, value) = rest.split_once("\"} ").context(line.to_owned())?;
+        if topics.contains(&topic) {
+            counts.insert((topic.to_owned(), field.to_owned()), value.trim().parse()?);
+        }
+    }
+    Ok(counts)
+}
+
+/// A producer adds fields the consumer does not know — at the top level and inside the bodies,
+/// objects among them — and some records predate `schema_version` (it is absent): every event is
+/// applied exactly (PostgreSQL equals the model), and `cdc_unknown_fields_total` counts each
+/// ignored field exactly, per topic and name. A record of schema version 99 among valid records of
+/// its partition is parked as `unsupported_schema_version` with its source position and is not
+/// applied; its neighbours are.
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_fields_are_ignored_and_counted_and_an_unsupported_version_is_parked() -> Result<()>
+{
+    let _shared = shared().await;
+    let run = Run::new().await?;
+    let events = generated(seed(), 20, 50);
+    let expected = Model::from_events(&events);
+    // Per topic and field, the records that carry it.
+    let mut carried: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let (mut users, mut orders) = (Vec::new(), Vec::new());
+    for (i, event) in events.iter().enumerate() {
+        let mut json: serde_json::Value = serde_json::from_slice(&event.to_json())?;
+        let (topic, body, field) = match event {
+            Event::User(_) => (&run.users_topic, "user", "loyalty_tier"),
+            Event::Order(_) => (&run.orders_topic, "order", "gift_wrap"),
+        };
+        match i % 3 {
+            0 => {
+                json["channel"] = "mobile".into();
+                json[body][field] = serde_json::json!({"level": 2, "since": "2026-01-01"});
+                for name in ["channel".to_owned(), format!("{body}.{field}")] {
+                    *carried.entry((topic.clone(), name)).or_default() += 1;
+                }
+            }
+            1 => {
+                if let Some(envelope) = json.as_object_mut() {
+                    envelope.remove("schema_version");
+                }
+            }
+            _ => {}
+        }
+        let record = (
+            Some(event.key().into_bytes()),
+            Some(json.to_string().into_bytes()),
+        );
+        match event {
+            Event::User(_) => users.push(record),
+            Event::Order(_) => orders.push(record),
+        }
+    }
+    // A later version of the first user, from a producer of schema version 99: applied, it would
+    // rename the user.
+    let first = first_user(&events)?;
+    let mut future: serde_json::Value =
+        serde_json::from_slice(&Event::User(first.clone()).to_json())?;
+    future["schema_version"] = 99.into();
+    future["version"] = (first.version + 100).into();
+    future["user"]["name"] = "From a later schema".into();
+    let future = future.to_string().into_bytes();
+    let key = first.user.id.to_string().into_bytes();
+
+    let (head, tail) = users.split_at(users.len() / 2);
+    run.send_raw(&run.users_topic, head).await?;
+    let producer = producer(&run.stack)?;
+    let (partition, offset) =
+        send_raw(&producer, &run.users_topic, None, Some(&key), Some(&future)).await?;
+    run.send_raw(&run.users_topic, tail).await?;
+    run.send_raw(&run.orders_topic, &orders).await?;
+    let ends = end_offsets(&run.stack, &run.users_topic)?;
+    ensure!(
+        offset > 0 && ends.get(&partition).is_some_and(|end| *end > offset + 1),
+        "the version-99 record at {partition}/{offset} is not between valid records: {ends:?}"
+    );
+
+    let address = free_address()?;
+    let mut command = run.consumer_command(0);
+    command.env("METRICS_ADDR", &address);
+    let child = Process::spawn("consumer", command)?;
+    let pool = pool(&run.stack).await?;
+    wait_for_model(&pool, &expected, Duration::from_secs(120)).await?;
+    let topics = [run.users_topic.as_str(), run.orders_topic.as_str()];
+    let counted = wait_for(
+        "the unknown fields to be counted",
+        Duration::from_secs(30),
+        || {
+            let (address, carried, topics) = (&address, &carried, &topics);
+            async move {
+                let counted = unknown_field_counts(address, topics).await?;
+                Ok((counted == *carried).then_some(counted))
+            }
+        },
+    )
+    .await;
+    let stdout = child.terminate().await?;
+    let counted = counted.with_context(|| format!("expected {carried:?}"))?;
+    eprintln!("ignored fields counted: {counted:?}");
+    let summary = summary("consumer", &stdout);
+    let users_counts = summary.get(&run.users_topic).copied().unwrap_or_default();
+    ensure!(
+        (users_counts.consumed, users_counts.dead_lettered) == (u64::try_from(users.len() + 1)?, 1)
+            && users_counts.applied == u64::try_from(users.len())?,
+        "{summary:?}"
+    );
+    let orders_counts = summary.get(&run.orders_topic).copied().unwrap_or_default();
+    ensure!(
+        (orders_counts.applied, orders_counts.dead_lettered) == (u64::try_from(orders.len())?, 0),
+        "{summary:?}"
+    );
+    expected.check_postgres(&pool).await?;
+
+    let letters = dead_letters(&run.stack, &cdc_core::dlq::topic_for(&run.users_topic))?;
+    ensure!(letters.len() == 1, "{letters:?}");
+    let letter = &letters[0];
+    ensure!(
+        letter.reason == "unsupported_schema_version"
+            && (letter.source_partition, letter.source_offset) == (partition, offset)
+            && letter.payload.as_deref() == Some(future.as_slice())
+            && letter.error.contains("99"),
+        "{letter:?}"
+    );
+    ensure!(dead_letters(&run.stack, &cdc_core::dlq::topic_for(&run.orders_topic))?.is_empty());
+    Ok(())
+}
+
+/// `xmin` of each of the given orders: the transaction that last wrote its row.
+async fn xmins(pool: &PgPool, ids: &[Uuid]) -> Result<BTreeMap<Uuid, String>> {
+    let rows: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, xmin::text FROM orders WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Dead letters whose cause is fixed are replayed with `consumer dlq replay` and applied exactly
+/// once. A constraint added by mistake (`quantity <= 3`: bulk orders "need approval") makes
+/// PostgreSQL refuse every event of the bulk orders: each is parked as `rejected_by_database`,
+/// the rest of the stream is applied. Once the constraint is dropped, `dlq list` shows them, a dry
+/// run publishes nothing, and the replay publishes each parked record once to its source
+/// partition (key and payload as parked, `dlq.replayed_from` naming the dead letter); the consumer
+/// applies them and PostgreSQL equals the model of the whole stream. The same replay again
+/// publishes the same records, and the version guard makes them change nothing: no replayed
+/// order's row is written again (its `xmin` stays), and nothing new is dead-lettered.
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_replayed_once_their_cause_is_fixed_are_applied_exactly_once() -> Result<()> {
+    let _exclusive = stack_tests::exclusive().await;
+    let run = Run::new().await?;
+    let is_bulk = |e: &Event| matches!(e, Event::Order(o) if o.order.quantity > 3);
+    let events = (0..20)
+        .map(|_| generated(seed(), 30, 80))
+        .find(|events| events.iter().any(is_bulk))
+        .context("no stream with a bulk order")?;
+    let bulk: BTreeSet<Uuid> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Order(o) if o.order.quantity > 3 => Some(o.order.id),
+            _ => None,
+        })
+        .collect();
+    let bulk: Vec<Uuid> = bulk.into_iter().collect();
+    let refused = u64::try_from(events.iter().filter(|e| is_bulk(e)).count())?;
+    let accepted: Vec<Event> = events.iter().filter(|e| !is_bulk(e)).cloned().collect();
+    let pool = pool(&run.stack).await?;
+    let name = unique_name("it_bulk_orders_need_approval");
+    let constraint = Undo::apply(
+        &pool,
+        &run.stack.database_url,
+        format!("ALTER TABLE orders ADD CONSTRAINT {name} CHECK (quantity <= 3) NOT VALID"),
+        format!("ALTER TABLE orders DROP CONSTRAINT IF EXISTS {name}"),
+    )
+    .await?;
+    run.send_events(&events).await?;
+    let summary = run.consume_until_idle().await?;
+    let dead = |topic: &str| summary.get(topic).map(|c| c.dead_lettered);
+    ensure!(
+        dead(&run.orders_topic) == Some(refused) && dead(&run.users_topic) == Some(0),
+        "{summary:?}, expected {refused} orders refused"
+    );
+    Model::from_events(&accepted).check_postgres(&pool).await?;
+    ensure!(
+        count_orders(&pool, &bulk).await? == 0,
+        "a bulk order was written"
+    );
+    // The fix.
+    constraint.undo().await?;
+
+    let dlq = cdc_core::dlq::topic_for(&run.orders_topic);
+    let parked = dead_letters(&run.stack, &dlq)?;
+    ensure!(
+        u64::try_from(parked.len())? == refused
+            && parked
+                .iter()
+                .all(|l| l.reason == "rejected_by_database" && l.error.contains(&name)),
+        "{parked:?}"
+    );
+    let (status, listing) = dlq_command(
+        &run.stack,
+        "consumer",
+        &["list", "--source-topic", &run.orders_topic],
+    )
+    .await?;
+    ensure!(
+        status.success()
+            && listing.contains(&format!(
+                "{dlq}: {refused} dead letters (rejected_by_database {refused})"
+            ))
+            && u64::try_from(
+                listing
+                    .lines()
+                    .filter(|l| l.contains(" reason=rejected_by_database source="))
+                    .count()
+            )? == refused,
+        "{listing}"
+    );
+    let before = end_offsets(&run.stack, &run.orders_topic)?;
+    let (status, dry) = dlq_command(
+        &run.stack,
+        "consumer",
+        &[
+            "replay",
+            "--source-topic",
+            &run.orders_topic,
+            "--dry-run",
+            "--limit",
+            "1",
+        ],
+    )
+    .await?;
+    let counts = replay_counts(&dry)?;
+    ensure!(
+        status.success() && (counts.matched, counts.replayed) == (refused, 1),
+        "{dry}"
+    );
+    ensure!(
+        end_offsets(&run.stack, &run.orders_topic)? == before,
+        "a dry run published"
+    );
+
+    let expected = Model::from_events(&events);
+    let mut written = BTreeMap::new();
+    for round in 1..=2 {
+        let before = end_offsets(&run.stack, &run.orders_topic)?;
+        replay_dead_letters(
+            &run.stack,
+            "consumer",
+            [&run.orders_topic, "rejected_by_database"],
+            &["--since", "1h"],
+            refused,
+        )
+        .await?;
+        check_replayed(
+            &parked,
+            &records_since(&run.stack, &run.orders_topic, &before)?,
+        )?;
+        let summary = run.consume_until_idle().await?;
+        let orders = summary.get(&run.orders_topic).copied().unwrap_or_default();
+        ensure!(
+            (orders.consumed, orders.applied, orders.dead_lettered) == (refused, refused, 0),
+            "round {round}: {summary:?}"
+        );
+        expected.check_postgres(&pool).await?;
+        let now = xmins(&pool, &bulk).await?;
+        ensure!(now.len() == bulk.len(), "round {round}: {now:?}");
+        if round == 1 {
+            written = now;
+        } else {
+            ensure!(
+                now == written,
+                "the second replay wrote rows again: {written:?} then {now:?}"
+            );
+        }
+    }
+    ensure!(
+        dead_letters(&run.stack, &dlq)?.len() == parked.len(),
+        "the replays parked records again"
+    );
+    ensure!(dead_letters(&run.stack, &cdc_core::dlq::topic_for(&run.users_topic))?.is_empty());
+    Ok(())
 }

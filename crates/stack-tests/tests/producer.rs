@@ -210,8 +210,9 @@ fn read_all(stack: &Stack, topic: &str) -> Result<Vec<Record>> {
 fn check_version_order(topic: &str, records: &[Record]) -> Result<()> {
     let mut last: HashMap<&str, (i32, i64)> = HashMap::new();
     for record in records {
-        let event: Event = serde_json::from_slice(&record.payload)
-            .with_context(|| format!("undecodable record in {topic}"))?;
+        let event: Event = cdc_core::events::from_json(&record.payload)
+            .with_context(|| format!("undecodable record in {topic}"))?
+            .event;
         let version = match &event {
             Event::User(e) => e.version,
             Event::Order(e) => e.version,

@@ -34,6 +34,7 @@ use scylla::value::CqlValue;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
 use stack_tests::model::{order_row, user_row};
+use stack_tests::pipeline::drop_keyspace;
 use stack_tests::rows::{cql_value, Precision};
 use stack_tests::{shared, unique_name, wait_for, Stack};
 use uuid::Uuid;
@@ -105,13 +106,6 @@ async fn create_keyspace(session: &Session, stack: &Stack, keyspace: &str) -> Re
         )
         .await?;
     }
-    Ok(())
-}
-
-async fn drop_keyspace(session: &Session, keyspace: &str) -> Result<()> {
-    let mut drop = Statement::new(format!("DROP KEYSPACE IF EXISTS {keyspace}"));
-    drop.set_request_timeout(Some(Duration::from_secs(60)));
-    session.query_unpaged(drop, ()).await?;
     Ok(())
 }
 
