@@ -272,15 +272,8 @@ async fn the_overview_shows_every_service_and_the_pipelines_rates_and_a_dead_let
             )
             .await?;
 
-            // A producer run, with one record the consumer cannot decode, then the consumer.
-            let producer_bin = workspace_binary("producer")?;
-            let mut run = process::command(&stack, &producer_bin);
-            run.env("USERS_TOPIC", &users)
-                .env("ORDERS_TOPIC", &orders)
-                .args(["--users", "200", "--orders", "600"]);
-            Process::spawn("producer", run)?
-                .run_to_end(Duration::from_secs(120))
-                .await?;
+            // One record the consumer cannot decode, then a paced producer run (about ten seconds,
+            // so the live overview sees it) with the consumer applying as the events arrive.
             let kafka_producer = producer(&stack)?;
             send_raw(
                 &kafka_producer,
@@ -290,6 +283,15 @@ async fn the_overview_shows_every_service_and_the_pipelines_rates_and_a_dead_let
                 Some(b"{not json"),
             )
             .await?;
+            // The live overview (no reload) shows the produced and applied rates and the captured
+            // changes Debezium makes of them.
+            browser.open(&console.url("/")).await?;
+            let producer_bin = workspace_binary("producer")?;
+            let mut run = process::command(&stack, &producer_bin);
+            run.env("USERS_TOPIC", &users)
+                .env("ORDERS_TOPIC", &orders)
+                .args(["--users", "200", "--orders", "600", "--rate", "200"]);
+            let producing = Process::spawn("producer", run)?;
             let consumer_bin = workspace_binary("consumer")?;
             let mut consume = process::command(&stack, &consumer_bin);
             consume
@@ -300,9 +302,6 @@ async fn the_overview_shows_every_service_and_the_pipelines_rates_and_a_dead_let
                 .env("IDLE_TIMEOUT_SECS", "4");
             let consumer = Process::spawn("consumer", consume)?;
 
-            // The live overview (no reload) shows the produced and applied rates and the captured
-            // changes Debezium makes of them.
-            browser.open(&console.url("/")).await?;
             // Each hop's highest rate seen so far: the hops run one after the other.
             let seen = std::cell::Cell::new([0.0_f64; 3]);
             let read_rates = "return ['produced', 'pg_applied', 'captured'].map(h => \
@@ -337,6 +336,7 @@ async fn the_overview_shows_every_service_and_the_pipelines_rates_and_a_dead_let
                 rates[0], rates[1], rates[2]
             );
             browser.screenshot("overview").await?;
+            producing.run_to_end(Duration::from_secs(120)).await?;
             consumer.run_to_end(Duration::from_secs(180)).await?;
             // Charts have points once there are two looks with data.
             let lines = browser
