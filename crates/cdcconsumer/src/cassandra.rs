@@ -9,8 +9,6 @@
 //! by another client with a wall-clock timestamp would always win, and a freshly initialised
 //! PostgreSQL cluster (whose LSNs start low again) needs empty tables here.
 
-use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,33 +190,10 @@ pub async fn connect(nodes: &[String]) -> Result<Session, CassandraError> {
     let mut builder = SessionBuilder::new()
         .known_nodes(nodes)
         .connection_timeout(Duration::from_secs(10));
-    if let Some(translator) = port_translator(nodes) {
+    if let Some(translator) = cdc_core::config::cassandra_port_translations(nodes) {
         builder = builder.address_translator(Arc::new(translator));
     }
     Ok(builder.build().await?)
-}
-
-/// Nodes that share one host but listen on different native ports (the local stack: 127.0.0.1:9042,
-/// 127.0.0.2:9043, 127.0.0.3:9044) are announced by `system.peers` with their address only, and the
-/// driver assumes the port of the node it asked — so it would reach just that node. When the contact
-/// points are addresses with differing ports, map every (address, any of those ports) to the node's
-/// own port; every node must then be listed. `None` in the usual case of one port for all.
-fn port_translator(nodes: &[String]) -> Option<HashMap<SocketAddr, SocketAddr>> {
-    let addresses: Vec<SocketAddr> = nodes
-        .iter()
-        .map(|n| n.trim().parse().ok())
-        .collect::<Option<_>>()?;
-    let ports: BTreeSet<u16> = addresses.iter().map(SocketAddr::port).collect();
-    if ports.len() < 2 {
-        return None;
-    }
-    let mut rules = HashMap::new();
-    for node in &addresses {
-        for port in &ports {
-            rules.insert(SocketAddr::new(node.ip(), *port), *node);
-        }
-    }
-    Some(rules)
 }
 
 /// The statements of a CQL script: `--` comment lines dropped first (they may contain `;`), then
@@ -515,35 +490,6 @@ mod tests {
         assert!(all.iter().all(|s| !s.contains("--")));
         assert!(all.iter().any(|s| s.contains("orders_by_user")));
         assert!(all.iter().any(|s| s.contains("truncations")));
-    }
-
-    #[test]
-    fn nodes_on_one_host_with_their_own_ports_are_reachable() {
-        let nodes: Vec<String> = ["127.0.0.1:9042", "127.0.0.2:9043", "127.0.0.3:9044"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-        let rules = port_translator(&nodes).expect("rules");
-        let at = |s: &str| s.parse::<SocketAddr>().expect("address");
-        assert_eq!(
-            rules.get(&at("127.0.0.3:9042")),
-            Some(&at("127.0.0.3:9044"))
-        );
-        assert_eq!(
-            rules.get(&at("127.0.0.2:9044")),
-            Some(&at("127.0.0.2:9043"))
-        );
-        assert_eq!(
-            rules.get(&at("127.0.0.1:9042")),
-            Some(&at("127.0.0.1:9042"))
-        );
-        assert_eq!(rules.len(), 9);
-        let same_port: Vec<String> = vec!["10.0.0.1:9042".into(), "10.0.0.2:9042".into()];
-        assert!(port_translator(&same_port).is_none());
-        assert!(
-            port_translator(&["cassandra1:9042".to_owned(), "cassandra2:9043".to_owned()])
-                .is_none()
-        );
     }
 
     #[test]

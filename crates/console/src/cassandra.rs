@@ -6,8 +6,8 @@
 //! advances every second and the others relay — has not moved for [`STALE_AFTER`]: the signal
 //! Cassandra's own failure detector works from.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,27 +81,6 @@ pub struct Cassandra {
     heartbeats: Arc<Mutex<HashMap<String, Heartbeat>>>,
 }
 
-/// Nodes sharing one host on different native ports (the local stack) are announced with their
-/// address only; map (address, any of those ports) to the node's own port. `None` when every
-/// contact point uses the same port.
-fn port_translator(nodes: &[String]) -> Option<HashMap<SocketAddr, SocketAddr>> {
-    let addresses: Vec<SocketAddr> = nodes
-        .iter()
-        .map(|n| n.trim().parse().ok())
-        .collect::<Option<_>>()?;
-    let ports: BTreeSet<u16> = addresses.iter().map(SocketAddr::port).collect();
-    if ports.len() < 2 {
-        return None;
-    }
-    let mut rules = HashMap::new();
-    for node in &addresses {
-        for port in &ports {
-            rules.insert(SocketAddr::new(node.ip(), *port), *node);
-        }
-    }
-    Some(rules)
-}
-
 fn query_error(error: impl std::fmt::Display) -> CassandraError {
     CassandraError::Query(error.to_string())
 }
@@ -138,7 +117,7 @@ impl Cassandra {
         let mut builder = SessionBuilder::new()
             .known_nodes(&self.nodes)
             .connection_timeout(self.timeout);
-        if let Some(translator) = port_translator(&self.nodes) {
+        if let Some(translator) = cdc_core::config::cassandra_port_translations(&self.nodes) {
             builder = builder.address_translator(Arc::new(translator));
         }
         let session = tokio::time::timeout(self.timeout, builder.build())
@@ -288,20 +267,5 @@ impl Cassandra {
     /// The configured contact points (one per expected node).
     pub fn contact_points(&self) -> &[String] {
         &self.nodes
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_are_mapped_only_when_they_differ() {
-        let nodes = vec!["127.0.0.1:9042".to_owned(), "127.0.0.2:9043".to_owned()];
-        let rules = port_translator(&nodes).unwrap_or_default();
-        let from: SocketAddr = "127.0.0.2:9042".parse().unwrap_or_else(|_| unreachable!());
-        let to: SocketAddr = "127.0.0.2:9043".parse().unwrap_or_else(|_| unreachable!());
-        assert_eq!(rules.get(&from), Some(&to));
-        assert!(port_translator(&["127.0.0.1:9042".to_owned()]).is_none());
     }
 }

@@ -178,7 +178,7 @@ pub fn show(data: Option<&[u8]>) -> Shown {
         if let Ok(json) = serde_json::from_slice::<serde_json::Value>(data) {
             if json.is_object() || json.is_array() {
                 let pretty = serde_json::to_string_pretty(&json).unwrap_or_default();
-                let text = cut_text(&pretty, MAX_VALUE_BYTES);
+                let text = cdc_core::dlq::cut_text(&pretty, MAX_VALUE_BYTES);
                 return Shown {
                     kind: "json",
                     cut: (text.len() < pretty.len()).then(|| {
@@ -230,7 +230,7 @@ pub fn show_key(key: &[u8]) -> Shown {
                 _ => &json,
             };
             let text = payload.to_string();
-            let shown = cut_text(&text, MAX_VALUE_BYTES).to_owned();
+            let shown = cdc_core::dlq::cut_text(&text, MAX_VALUE_BYTES).to_owned();
             return Shown {
                 kind: "json",
                 cut: (shown.len() < text.len()).then(|| {
@@ -246,17 +246,6 @@ pub fn show_key(key: &[u8]) -> Shown {
         }
     }
     show(Some(key))
-}
-
-fn cut_text(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 fn cell_text(cell: &Cell) -> String {

@@ -16,8 +16,10 @@
 //! }
 //! ```
 
+use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::fmt;
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -354,6 +356,29 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Nodes that share one host but listen on different native ports (the local stack: 127.0.0.1:9042,
+/// 127.0.0.2:9043, 127.0.0.3:9044) are announced by `system.peers` with their address only, and the
+/// driver assumes the port of the node it asked — so it would reach just that node. When the contact
+/// points are addresses with differing ports, map every (address, any of those ports) to the node's
+/// own port; every node must then be listed. `None` in the usual case of one port for all.
+pub fn cassandra_port_translations(nodes: &[String]) -> Option<HashMap<SocketAddr, SocketAddr>> {
+    let addresses: Vec<SocketAddr> = nodes
+        .iter()
+        .map(|n| n.trim().parse().ok())
+        .collect::<Option<_>>()?;
+    let ports: BTreeSet<u16> = addresses.iter().map(SocketAddr::port).collect();
+    if ports.len() < 2 {
+        return None;
+    }
+    let mut rules = HashMap::new();
+    for node in &addresses {
+        for port in &ports {
+            rules.insert(SocketAddr::new(node.ip(), *port), *node);
+        }
+    }
+    Some(rules)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -432,5 +457,35 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn nodes_on_one_host_with_their_own_ports_are_reachable() {
+        let nodes: Vec<String> = ["127.0.0.1:9042", "127.0.0.2:9043", "127.0.0.3:9044"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let rules = cassandra_port_translations(&nodes).expect("rules");
+        let at = |s: &str| s.parse::<SocketAddr>().expect("address");
+        assert_eq!(
+            rules.get(&at("127.0.0.3:9042")),
+            Some(&at("127.0.0.3:9044"))
+        );
+        assert_eq!(
+            rules.get(&at("127.0.0.2:9044")),
+            Some(&at("127.0.0.2:9043"))
+        );
+        assert_eq!(
+            rules.get(&at("127.0.0.1:9042")),
+            Some(&at("127.0.0.1:9042"))
+        );
+        assert_eq!(rules.len(), 9);
+        let same_port: Vec<String> = vec!["10.0.0.1:9042".into(), "10.0.0.2:9042".into()];
+        assert!(cassandra_port_translations(&same_port).is_none());
+        assert!(cassandra_port_translations(&[
+            "cassandra1:9042".to_owned(),
+            "cassandra2:9043".to_owned()
+        ])
+        .is_none());
     }
 }

@@ -196,7 +196,7 @@ pub fn producer(mut base: rdkafka::ClientConfig) -> rdkafka::error::KafkaResult<
 }
 
 /// `text` cut to at most `max` bytes on a character boundary.
-fn cut_text(text: &str, max: usize) -> &str {
+pub fn cut_text(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }

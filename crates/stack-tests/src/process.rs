@@ -370,9 +370,31 @@ pub async fn replay_dead_letters(
 
 /// A plain HTTP/1.1 GET: (status, body).
 pub async fn http_get(address: &str, path: &str) -> Result<(u16, String)> {
+    http_request(address, "GET", path, &[], "").await
+}
+
+/// A plain HTTP/1.1 request with headers and a body (`Content-Length` sent unless a bodiless GET):
+/// (status, body).
+pub async fn http_request(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String)> {
+    use std::fmt::Write as _;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    if method != "GET" || !body.is_empty() {
+        write!(request, "Content-Length: {}\r\n", body.len())?;
+    }
+    for (name, value) in headers {
+        write!(request, "{name}: {value}\r\n")?;
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;

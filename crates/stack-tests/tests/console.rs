@@ -15,7 +15,7 @@ use cdc_core::topics::{ensure_topics, TopicSpec};
 use fantoccini::{Client, ClientBuilder, Locator};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use stack_tests::kafka::{self, producer, send_raw};
-use stack_tests::process::{self, free_address, http_get, Process};
+use stack_tests::process::{self, free_address, http_get, http_request, Process};
 use stack_tests::{
     exclusive, repo_root, shared, unique_name, wait_for, workspace_binary, RestartOnDrop, Stack,
 };
@@ -780,32 +780,7 @@ async fn http_post(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await?;
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .context("no status line")?
-        .parse()?;
-    Ok((
-        status,
-        response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default(),
-    ))
+    http_request(address, "POST", path, headers, body).await
 }
 
 async fn connector_running(stack: &Stack, connector: &str) -> Result<bool> {
