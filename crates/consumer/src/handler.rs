@@ -140,6 +140,10 @@ impl EventHandler {
     ) -> Result<(), Interrupted> {
         let mut pending: Vec<(usize, OrderEvent)> = events.to_vec();
         let mut waits = backoff(self.parent_wait).build();
+        // Set once the users stream is known to be applied past these orders' time. The user of
+        // an order may have been applied between the last attempt and that answer, so the orders
+        // are tried once more after it; only what that attempt still misses is parked.
+        let mut users_applied = false;
         loop {
             let (outcomes, refused) = self
                 .apply_or_isolate(
@@ -162,6 +166,20 @@ impl EventHandler {
             pending.retain(|(_, e)| missing.contains(&e.order.id));
             tally.applied += before - pending.len();
             if pending.is_empty() {
+                return Ok(());
+            }
+            if users_applied {
+                self.waiting.set(0);
+                for (index, event) in &pending {
+                    let error = format!(
+                        "user {} of order {} did not arrive, and the users stream is applied \
+                         past the order's time",
+                        event.order.user_id, event.order.id
+                    );
+                    self.dlq
+                        .park(&batch[*index], MISSING_PARENT, error, tally, cancel)
+                        .await?;
+                }
                 return Ok(());
             }
             match waits.next() {
@@ -195,18 +213,8 @@ impl EventHandler {
                         waits = backoff(self.parent_wait).build();
                         continue;
                     }
-                    self.waiting.set(0);
-                    for (index, event) in &pending {
-                        let error = format!(
-                            "user {} of order {} did not arrive, and the users stream is applied \
-                             past the order's time",
-                            event.order.user_id, event.order.id
-                        );
-                        self.dlq
-                            .park(&batch[*index], MISSING_PARENT, error, tally, cancel)
-                            .await?;
-                    }
-                    return Ok(());
+                    // One more attempt: the user may have been applied since the last one.
+                    users_applied = true;
                 }
             }
         }

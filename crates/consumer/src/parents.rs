@@ -5,7 +5,9 @@
 //! writes) every users record up to the order's timestamp, a user still absent from PostgreSQL
 //! is not on its way. Until then the order waits, however long the users stream lags (a paused
 //! broker, a slow rebalance, a stalled users partition) — visibly, in
-//! `cdc_orders_waiting_for_user`.
+//! `cdc_orders_waiting_for_user`. The answer is asked before an order's last attempt, never after
+//! it: a user applied between an attempt and a "yes" would otherwise be missed (found by a
+//! 30-minute chaos run, docs/chaos.md).
 
 use std::time::Duration;
 
