@@ -124,6 +124,13 @@ apply_profile() {
 
 # --- artifacts ---------------------------------------------------------------------------------
 
+# The Rust build links the system OpenSSL (librdkafka's TLS and SASL SCRAM) and zlib.
+need_build_deps() {
+    command -v cargo >/dev/null || die "cargo is not installed (install Rust with rustup)"
+    command -v pkg-config >/dev/null && pkg-config --exists openssl zlib ||
+        die "the OpenSSL and zlib development files are missing (apt-get install pkg-config libssl-dev zlib1g-dev)"
+}
+
 maven_copy() { # <pom name> <destination> [extra mvn args]
     local pom=$1 dest=$2
     shift 2
@@ -899,6 +906,7 @@ cmd_start() {
 # summary of each step. Debezium captures the changes into the cdc.public.* topics as they land.
 cmd_pipeline() {
     local started=$SECONDS
+    need_build_deps
     mkdir -p "$STATE" "$LOGS"
     # The release build runs while the artifacts download and the services start: on a fresh
     # machine both take minutes, and the build is CPU-bound while downloads and JVM start-ups wait.
@@ -987,6 +995,7 @@ cmd_pipeline() {
 # The test suite: unit tests and the integration tests against this stack (started if needed).
 cmd_test() {
     cmd_up
+    need_build_deps
     say "running the test suite (cargo test --workspace)"
     (cd "$ROOT" && cargo test --workspace --all-targets "$@")
 }
@@ -997,6 +1006,7 @@ cmd_test() {
 cmd_chaos() {
     cmd_up
     [[ $PROFILE == ha ]] || die "chaos needs the ha profile (3 brokers, 3 Cassandra nodes)"
+    need_build_deps
     say "building the chaos runner and the pipeline binaries (release)"
     # One package per build, as the runner builds them: the same features, so nothing is rebuilt.
     local package

@@ -157,18 +157,16 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 /// Points a child's Kafka settings at the benchmark's: `KAFKA_BROKERS` plus any extra
-/// `--kafka-option`s as `KAFKA_OPTIONS` (and nothing inherited from this process's environment).
+/// `--kafka-config` and `--kafka-option` settings as `KAFKA_OPTIONS` (and nothing inherited from
+/// this process's environment).
 pub fn kafka_env(command: &mut tokio::process::Command, kafka: &KafkaArgs) {
     command.env("KAFKA_BROKERS", &kafka.brokers);
-    if kafka.kafka_options.is_empty() {
+    command.env_remove("KAFKA_CONFIG");
+    let options = kafka.options_env();
+    if options.is_empty() {
         command.env_remove("KAFKA_OPTIONS");
     } else {
-        let options: Vec<String> = kafka
-            .kafka_options
-            .iter()
-            .map(|o| format!("{}={}", o.key, o.value))
-            .collect();
-        command.env("KAFKA_OPTIONS", options.join(","));
+        command.env("KAFKA_OPTIONS", options);
     }
 }
 

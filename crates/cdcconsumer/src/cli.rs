@@ -278,7 +278,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         .spawn_server(&args.metrics_addr, shutdown.clone())
         .context("parsing --metrics-addr")?;
     let positions = if args.check_positions {
-        let guard = PositionGuard::connect(args.source.database_url.expose())
+        let guard = PositionGuard::connect(args.source.url())
             .context("connecting to the source PostgreSQL")?;
         check_source(
             &guard,
@@ -439,7 +439,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<Verdict> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(args.postgres.database_url.expose())
+        .connect(args.postgres.url())
         .await
         .context("connecting to PostgreSQL")?;
     if args.quiet_timeout_secs > 0 {

@@ -119,8 +119,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
     );
     let timeout = options.backend_timeout;
     let wire = Wire::new(&options.kafka.brokers, timeout);
-    let postgres = Postgres::new(options.postgres.database_url.expose(), timeout)
-        .context("reading --database-url")?;
+    let postgres =
+        Postgres::new(options.postgres.url(), timeout).context("reading --database-url")?;
     let backends = Backends {
         wire,
         postgres,

@@ -1,8 +1,12 @@
-//! The pipeline's pulse: every `interval` one look at each system — Kafka's metadata, the
-//! watermarks of the pipeline's topics and dead-letter topics, the pipeline's consumer groups'
+//! The pipeline's pulse: every `interval` one look at each system — the metadata and watermarks
+//! of the pipeline's own topics and their dead-letter topics, the pipeline's consumer groups'
 //! committed offsets, the replication slot, the connector and the Cassandra nodes — kept for 15
 //! minutes. The overview is drawn from the latest look and the history, so opening it costs the
 //! backing services nothing; rates are differences between looks.
+//!
+//! A look asks Kafka about the pipeline's topics only, so its cost does not grow with the topics
+//! a cluster holds. Dead letters of other topics (tests, experiments) are found with a look at
+//! the whole cluster every [`OTHERS_EVERY`], and shown from that look in between.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -23,6 +27,8 @@ use crate::wire::{Metadata, Wire};
 pub const HISTORY: Duration = Duration::from_secs(15 * 60);
 /// Rates are averaged over about this long.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// How often the whole cluster is searched for other topics' dead letters.
+pub const OTHERS_EVERY: Duration = Duration::from_secs(30);
 
 /// A consumer group and the topics it consumes (`GROUP=TOPIC[+TOPIC...]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -170,6 +176,9 @@ struct State {
     samples: VecDeque<Sample>,
     snapshot: Option<Snapshot>,
     broker_ids: HashMap<String, i32>,
+    /// Other topics' dead letters, and when the cluster was last searched for them.
+    others: Vec<DeadLetterCount>,
+    others_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +205,52 @@ fn sum_high(
         }
     }
     any.then_some(total)
+}
+
+/// The dead-letter topics in `metadata` with their record counts: the pipeline's own (always
+/// shown), or the others that hold any.
+fn dead_letter_counts(
+    metadata: &Metadata,
+    marks: &BTreeMap<(String, i32), crate::wire::Watermarks>,
+    names: &PipelineNames,
+    pipeline: bool,
+) -> Vec<DeadLetterCount> {
+    let own: Vec<&String> = names.own_topics().collect();
+    metadata
+        .topics
+        .iter()
+        .filter(|t| t.name.ends_with(".dlq") && t.error_code == 0)
+        .filter_map(|topic| {
+            let count = marks
+                .iter()
+                .filter(|((t, _), _)| *t == topic.name)
+                .map(|(_, w)| w.messages())
+                .sum();
+            let source = topic.name.trim_end_matches(".dlq").to_owned();
+            let is_own = own.contains(&&source);
+            (is_own == pipeline && (is_own || count > 0)).then(|| DeadLetterCount {
+                topic: topic.name.clone(),
+                source,
+                count,
+                pipeline: is_own,
+            })
+        })
+        .collect()
+}
+
+impl PipelineNames {
+    /// The business and Debezium topics.
+    fn own_topics(&self) -> impl Iterator<Item = &String> {
+        self.source_topics.iter().chain(&self.cdc_topics)
+    }
+
+    /// The business and Debezium topics and their dead-letter topics: what every look reads.
+    pub fn watched_topics(&self) -> Vec<String> {
+        self.own_topics()
+            .cloned()
+            .chain(self.own_topics().map(|t| format!("{t}.dlq")))
+            .collect()
+    }
 }
 
 impl Collector {
@@ -247,6 +302,21 @@ impl Collector {
             .collect()
     }
 
+    /// The dead letters of every other topic in the cluster that has any (`None` when Kafka did
+    /// not answer: the last search stays shown).
+    async fn other_dead_letters(&self, watched: &[String]) -> Option<Vec<DeadLetterCount>> {
+        let wire = &self.backends.wire;
+        let metadata = wire.metadata(None).await.ok()?;
+        let topics: Vec<&str> = metadata
+            .topics
+            .iter()
+            .filter(|t| t.name.ends_with(".dlq") && !watched.contains(&t.name))
+            .map(|t| t.name.as_str())
+            .collect();
+        let marks = wire.watermarks(&metadata, &topics).await;
+        Some(dead_letter_counts(&metadata, &marks, &self.names, false))
+    }
+
     /// One look at everything, at once, each part bounded by the backends' timeouts.
     pub async fn look(&self) {
         let started = Instant::now();
@@ -258,25 +328,24 @@ impl Collector {
             .chain(&self.names.cassandra_groups)
             .map(|g| g.group.clone())
             .collect();
+        let search_others = self
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .others_at
+            .is_none_or(|at| at.elapsed() >= OTHERS_EVERY);
         let kafka = async {
-            let metadata = b.wire.metadata(None).await?;
-            let mut topics: Vec<&str> = self
-                .names
-                .source_topics
-                .iter()
-                .chain(&self.names.cdc_topics)
-                .map(String::as_str)
-                .collect();
-            topics.extend(
-                metadata
-                    .topics
-                    .iter()
-                    .filter(|t| t.name.ends_with(".dlq"))
-                    .map(|t| t.name.as_str()),
-            );
+            let watched = self.names.watched_topics();
+            let metadata = b.wire.metadata(Some(&watched)).await?;
+            let topics: Vec<&str> = watched.iter().map(String::as_str).collect();
             let marks = b.wire.watermarks(&metadata, &topics).await;
             let committed = b.wire.committed(&groups).await.ok();
-            Ok::<_, crate::wire::WireError>((metadata, marks, committed))
+            let others = if search_others {
+                self.other_dead_letters(&watched).await
+            } else {
+                None
+            };
+            Ok::<_, crate::wire::WireError>((metadata, marks, committed, others))
         };
         let timeout = b.wire.timeout() + Duration::from_millis(500);
         let (kafka, slots, connectors, cassandra) = tokio::join!(
@@ -287,7 +356,14 @@ impl Collector {
         );
         let mut unreachable = Vec::new();
         let kafka = match kafka {
-            Ok(Ok(kafka)) => Some(kafka),
+            Ok(Ok((metadata, marks, committed, others))) => {
+                if let Some(others) = others {
+                    let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+                    state.others = others;
+                    state.others_at = Some(Instant::now());
+                }
+                Some((metadata, marks, committed))
+            }
             Ok(Err(error)) => {
                 unreachable.push(("Kafka".to_owned(), error.to_string()));
                 None
@@ -475,31 +551,9 @@ impl Collector {
                 group_totals(&self.names.pg_groups, &mut groups_view);
             (sample.cassandra_applied, sample.cassandra_lag) =
                 group_totals(&self.names.cassandra_groups, &mut groups_view);
-            let pipeline_topics: Vec<&String> = self
-                .names
-                .source_topics
-                .iter()
-                .chain(&self.names.cdc_topics)
-                .collect();
-            for topic in metadata.topics.iter().filter(|t| t.name.ends_with(".dlq")) {
-                let count = marks
-                    .iter()
-                    .filter(|((t, _), _)| *t == topic.name)
-                    .map(|(_, w)| w.messages())
-                    .sum();
-                let source = topic.name.trim_end_matches(".dlq").to_owned();
-                let pipeline = pipeline_topics.contains(&&source);
-                // Other topics' dead letters (tests, experiments) only when there are some.
-                if pipeline || count > 0 {
-                    dead_letters.push(DeadLetterCount {
-                        topic: topic.name.clone(),
-                        source,
-                        count,
-                        pipeline,
-                    });
-                }
-            }
+            dead_letters = dead_letter_counts(metadata, marks, &self.names, true);
         }
+        dead_letters.extend(state.others.iter().cloned());
         dead_letters.sort_by(|a, b| b.pipeline.cmp(&a.pipeline).then(a.topic.cmp(&b.topic)));
         let slot = slots.as_ref().and_then(|slots| {
             slots
@@ -721,5 +775,65 @@ mod tests {
         );
         assert!("nogroup".parse::<GroupTopics>().is_err());
         assert!("g=".parse::<GroupTopics>().is_err());
+    }
+
+    #[test]
+    fn dead_letters_split_into_the_pipelines_own_and_others_that_hold_any() {
+        let names = PipelineNames {
+            source_topics: vec!["users".to_owned()],
+            pg_groups: Vec::new(),
+            cdc_topics: vec!["cdc.public.users".to_owned()],
+            cassandra_groups: Vec::new(),
+            slot: "slot".to_owned(),
+            connector: "connector".to_owned(),
+            verify_report: PathBuf::new(),
+        };
+        assert_eq!(
+            names.watched_topics(),
+            [
+                "users",
+                "cdc.public.users",
+                "users.dlq",
+                "cdc.public.users.dlq"
+            ]
+        );
+        let topic = |name: &str, error_code: i16| crate::wire::TopicInfo {
+            name: name.to_owned(),
+            internal: false,
+            partitions: Vec::new(),
+            error_code,
+        };
+        let metadata = Metadata {
+            cluster_id: None,
+            controller_id: 1,
+            brokers: Vec::new(),
+            topics: vec![
+                topic("users.dlq", 0),
+                // Asked for but not there: not shown.
+                topic("cdc.public.users.dlq", 3),
+                topic("it_a.dlq", 0),
+                topic("it_b.dlq", 0),
+                topic("it_b", 0),
+            ],
+        };
+        let marks: BTreeMap<(String, i32), crate::wire::Watermarks> = [
+            (("users.dlq".to_owned(), 0), (0, 0)),
+            (("it_a.dlq".to_owned(), 0), (2, 2)),
+            (("it_b.dlq".to_owned(), 0), (1, 5)),
+            (("it_b.dlq".to_owned(), 1), (0, 3)),
+        ]
+        .into_iter()
+        .map(|(key, (low, high))| (key, crate::wire::Watermarks { low, high }))
+        .collect();
+        let shown = |pipeline| -> Vec<(String, i64, bool)> {
+            dead_letter_counts(&metadata, &marks, &names, pipeline)
+                .into_iter()
+                .map(|d| (d.topic, d.count, d.pipeline))
+                .collect()
+        };
+        // The pipeline's own, even empty.
+        assert_eq!(shown(true), [("users.dlq".to_owned(), 0, true)]);
+        // Others only with records in them.
+        assert_eq!(shown(false), [("it_b.dlq".to_owned(), 7, false)]);
     }
 }

@@ -16,7 +16,7 @@ use cdc_core::topics::{ensure_topics_with, TopicSpec};
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::{self, EventHandler};
-use crate::parents::UsersStream;
+use crate::parents::{UsersProgress, UsersStream};
 use crate::sink;
 use crate::unknown_fields::UnknownFields;
 
@@ -78,6 +78,12 @@ pub struct RunArgs {
     /// it: the order is dead-lettered as `missing_parent`).
     #[arg(long, env = "PARENT_WAIT_SECS", default_value_t = 30)]
     pub parent_wait_secs: u64,
+    /// The longest a record may take from the producer's send to its append in Kafka: the
+    /// producer's `message.timeout.ms` (120 s) plus a margin for clock differences. A users
+    /// partition with nothing newer than an order is known to hold no late user for it only
+    /// after this long (a user sent before the order may still be on its way).
+    #[arg(long, env = "MAX_DELIVERY_TIME", default_value = "150s", value_parser = cdc_core::config::parse_duration)]
+    pub max_delivery_time: Duration,
     /// Address of the metrics (`/metrics`) and health (`/livez`, `/readyz`) endpoint; empty to
     /// disable.
     #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9464")]
@@ -109,7 +115,7 @@ pub async fn run(options: RunArgs, shutdown: CancellationToken) -> anyhow::Resul
     ensure_topics_with(&kafka, &specs, Duration::from_secs(30))
         .await
         .context("preparing topics")?;
-    let url = options.postgres.database_url.expose();
+    let url = options.postgres.url();
     let pool = if options.apply_schema {
         sink::connect(url, options.database_connections)
             .await
@@ -147,6 +153,7 @@ pub async fn run(options: RunArgs, shutdown: CancellationToken) -> anyhow::Resul
         kafka: options.kafka.client_config(),
         topic: options.topics.users_topic.clone(),
         group: options.users_group.clone(),
+        max_delivery_time: options.max_delivery_time,
     };
     let mut runtime_options = options.runtime.options();
     runtime_options.metrics = Some(metrics.clone());
@@ -170,7 +177,8 @@ pub async fn run(options: RunArgs, shutdown: CancellationToken) -> anyhow::Resul
             parent_wait: Duration::from_secs(options.parent_wait_secs),
             give_up_after: options.runtime.give_up_after,
             metrics: metrics.clone(),
-            users: (kind == EntityKind::Order).then(|| users_stream.clone()),
+            users: (kind == EntityKind::Order)
+                .then(|| Arc::new(users_stream.clone()) as Arc<dyn UsersProgress>),
             waiting: waiting.clone(),
             unknown_fields: unknown_fields.clone(),
         });

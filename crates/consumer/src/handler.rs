@@ -3,6 +3,7 @@
 //! when all of that has happened.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
@@ -17,7 +18,7 @@ use cdc_core::outcome::Interrupted;
 use cdc_core::retry::{backoff, retry};
 use cdc_core::runtime::BatchHandler;
 
-use crate::parents::{ProgressError, UsersStream};
+use crate::parents::UsersProgress;
 use crate::sink::{self as pg, SinkError};
 use crate::unknown_fields::UnknownFields;
 use futures::future::BoxFuture;
@@ -48,7 +49,7 @@ pub struct EventHandler {
     pub give_up_after: Duration,
     pub metrics: Metrics,
     /// The users stream, to tell a late user from one that will not come (orders handler only).
-    pub users: Option<UsersStream>,
+    pub users: Option<Arc<dyn UsersProgress>>,
     /// Orders currently held back because their user is not there.
     pub waiting: Gauge,
     /// Fields of the events this reader does not know (ignored, counted).
@@ -230,17 +231,11 @@ impl EventHandler {
         let Some(users) = &self.users else {
             return Ok(true);
         };
-        let ask = || {
-            let users = users.clone();
-            async move {
-                tokio::task::spawn_blocking(move || users.applied_past(timestamp_ms))
-                    .await
-                    .map_err(ProgressError::from)?
-            }
-        };
-        retry("check the users stream", self.give_up_after, cancel, ask)
-            .await?
-            .map_err(|error| Interrupted::gave_up("check the users stream", error))
+        retry("check the users stream", self.give_up_after, cancel, || {
+            users.applied_past(timestamp_ms)
+        })
+        .await?
+        .map_err(|error| Interrupted::gave_up("check the users stream", error))
     }
 }
 

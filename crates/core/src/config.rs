@@ -115,21 +115,33 @@ impl FromStr for KafkaOption {
 }
 
 /// Kafka connection options: `--brokers` / `KAFKA_BROKERS` and any number of librdkafka settings
-/// through `--kafka-option KEY=VALUE` (repeatable) or `KAFKA_OPTIONS` (comma-separated), for
-/// SASL, TLS and tuning.
+/// for TLS, SASL and tuning — from a properties file (`--kafka-config` / `KAFKA_CONFIG`), which
+/// keeps secrets off the command line, and from `--kafka-option KEY=VALUE` (repeatable) or
+/// `KAFKA_OPTIONS` (one setting per line), which win over the file.
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Bootstrap servers, comma-separated host:port.
     #[arg(long, env = "KAFKA_BROKERS", default_value = DEFAULT_BROKERS, value_name = "HOST:PORT,...")]
     pub brokers: String,
 
-    /// Extra librdkafka setting, e.g. `security.protocol=SASL_SSL` or `sasl.mechanism=SCRAM-SHA-512`.
-    /// Repeat the flag, or separate settings with commas (so values cannot contain commas).
+    /// A librdkafka properties file: one `KEY=VALUE` per line, `#` starts a comment line. The
+    /// place for `sasl.password` and other secrets (they never show in `ps`).
+    #[arg(
+        long = "kafka-config",
+        env = "KAFKA_CONFIG",
+        value_name = "FILE",
+        value_parser = KafkaConfigFile::read
+    )]
+    pub kafka_config: Option<KafkaConfigFile>,
+
+    /// Extra librdkafka setting, e.g. `security.protocol=SASL_SSL` or `debug=cgrp,topic` (a value
+    /// may hold commas). Repeat the flag for several; in `KAFKA_OPTIONS`, one setting per line.
     #[arg(
         long = "kafka-option",
         env = "KAFKA_OPTIONS",
         value_name = "KEY=VALUE",
-        value_delimiter = ','
+        value_delimiter = '\n',
+        hide_env_values = true
     )]
     pub kafka_options: Vec<KafkaOption>,
 }
@@ -138,21 +150,80 @@ impl Default for KafkaArgs {
     fn default() -> Self {
         Self {
             brokers: DEFAULT_BROKERS.to_owned(),
+            kafka_config: None,
             kafka_options: Vec::new(),
         }
     }
 }
 
 impl KafkaArgs {
-    /// A client configuration with `bootstrap.servers` and every extra option applied (an extra
-    /// option may override `bootstrap.servers`). Callers add their role's settings on top.
+    /// A client configuration with `bootstrap.servers`, then the settings of `--kafka-config`,
+    /// then every `--kafka-option` (either may override `bootstrap.servers`). Callers add their
+    /// role's settings on top.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
-        for option in &self.kafka_options {
+        let from_file = self.kafka_config.iter().flat_map(|file| &file.options);
+        for option in from_file.chain(&self.kafka_options) {
             config.set(&option.key, &option.value);
         }
         config
+    }
+
+    /// Every extra setting, the file's first, as `KEY=VALUE` lines (for a child process's
+    /// `KAFKA_OPTIONS`).
+    pub fn options_env(&self) -> String {
+        let from_file = self.kafka_config.iter().flat_map(|file| &file.options);
+        from_file
+            .chain(&self.kafka_options)
+            .map(|o| format!("{}={}", o.key, o.value))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The settings of a librdkafka properties file (`--kafka-config`), read when the options are
+/// parsed so that a missing or malformed file stops the program before it starts.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaConfigFile {
+    pub path: std::path::PathBuf,
+    pub options: Vec<KafkaOption>,
+}
+
+impl fmt::Debug for KafkaConfigFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConfigFile")
+            .field("path", &self.path)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl KafkaConfigFile {
+    /// Reads and parses `path`.
+    pub fn read(path: &str) -> Result<Self, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|error| format!("reading {path}: {error}"))?;
+        let options = Self::parse(&text).map_err(|error| format!("{path}: {error}"))?;
+        Ok(Self {
+            path: path.into(),
+            options,
+        })
+    }
+
+    /// `KEY=VALUE` lines; blank lines and lines starting with `#` or `!` are skipped.
+    pub fn parse(text: &str) -> Result<Vec<KafkaOption>, String> {
+        text.lines()
+            .enumerate()
+            .map(|(index, line)| (index + 1, line.trim()))
+            .filter(|(_, line)| {
+                !line.is_empty() && !line.starts_with('#') && !line.starts_with('!')
+            })
+            .map(|(number, line)| {
+                line.parse::<KafkaOption>()
+                    .map_err(|error| format!("line {number}: {error}"))
+            })
+            .collect()
     }
 }
 
@@ -201,12 +272,60 @@ impl TopicArgs {
 /// The local stack's application database.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://cdc_user:cdc_password@127.0.0.1:5432/cdc_db";
 
-/// Where PostgreSQL is: `--database-url` / `DATABASE_URL`.
+/// Where PostgreSQL is: `--database-url` / `DATABASE_URL`, or a file holding the URL
+/// (`--database-url-file` / `DATABASE_URL_FILE`) so that its password stays off the command line
+/// and out of the environment. TLS settings go in the URL: `sslmode` (`disable` … `verify-full`),
+/// `sslrootcert`, `sslcert`, `sslkey`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PostgresArgs {
     /// PostgreSQL connection URL (the password is never logged).
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = DEFAULT_DATABASE_URL,
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub database_url: Secret,
+
+    /// A file whose first line is the connection URL; wins over `--database-url`.
+    #[arg(
+        long,
+        env = "DATABASE_URL_FILE",
+        value_name = "FILE",
+        value_parser = read_secret_file
+    )]
+    pub database_url_file: Option<Secret>,
+}
+
+impl PostgresArgs {
+    /// The connection URL: the file's when one is given.
+    pub fn url(&self) -> &str {
+        self.database_url_file
+            .as_ref()
+            .unwrap_or(&self.database_url)
+            .expose()
+    }
+}
+
+impl Default for PostgresArgs {
+    fn default() -> Self {
+        Self {
+            database_url: Secret::new(DEFAULT_DATABASE_URL),
+            database_url_file: None,
+        }
+    }
+}
+
+/// A secret kept in a file: its first line, without surrounding whitespace. The error names the
+/// file, never its content.
+pub fn read_secret_file(path: &str) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path).map_err(|error| format!("reading {path}: {error}"))?;
+    let secret = text.lines().next().unwrap_or_default().trim();
+    if secret.is_empty() {
+        return Err(format!("{path} is empty"));
+    }
+    Ok(Secret::new(secret))
 }
 
 /// How the per-partition runtime consumes: the same for the consumer and the cdcconsumer.
@@ -424,7 +543,9 @@ mod tests {
             "--kafka-option",
             "security.protocol=SASL_SSL",
             "--kafka-option",
-            "sasl.mechanism=SCRAM-SHA-512,sasl.username=app",
+            "sasl.mechanism=SCRAM-SHA-512",
+            "--kafka-option",
+            "debug=cgrp,topic",
             "--log-format",
             "json",
             "--orders-partitions",
@@ -438,11 +559,99 @@ mod tests {
         assert_eq!(config.get("bootstrap.servers"), Some("b1:9092"));
         assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
-        assert_eq!(config.get("sasl.username"), Some("app"));
+        // A value keeps its commas.
+        assert_eq!(config.get("debug"), Some("cgrp,topic"));
         let specs = cli.topics.specs();
         assert_eq!(specs[1], TopicSpec::new("orders", 7, 3));
         assert!(Cli::try_parse_from(["test", "--users-partitions", "0"]).is_err());
         assert!(Cli::try_parse_from(["test", "--kafka-option", "oops"]).is_err());
+    }
+
+    #[test]
+    fn a_properties_file_is_read_and_the_flags_win_over_it() {
+        let file = KafkaConfigFile::parse(
+            "# the secure cluster\n\nsecurity.protocol = SASL_SSL\n! also a comment\n\
+             sasl.password=p=w,d\ncompression.type=lz4\n",
+        );
+        let Ok(options) = file else {
+            panic!("parse failed: {file:?}");
+        };
+        assert_eq!(
+            format!("{options:?}"),
+            "[security.protocol=SASL_SSL, sasl.password=***, compression.type=lz4]"
+        );
+        let args = KafkaArgs {
+            kafka_config: Some(KafkaConfigFile {
+                path: "k.properties".into(),
+                options,
+            }),
+            kafka_options: vec![KafkaOption {
+                key: "compression.type".to_owned(),
+                value: "zstd".to_owned(),
+            }],
+            ..KafkaArgs::default()
+        };
+        let config = args.client_config();
+        assert_eq!(config.get("sasl.password"), Some("p=w,d"));
+        assert_eq!(config.get("compression.type"), Some("zstd"));
+        assert_eq!(
+            args.options_env(),
+            "security.protocol=SASL_SSL\nsasl.password=p=w,d\ncompression.type=lz4\n\
+             compression.type=zstd"
+        );
+        assert_eq!(
+            KafkaConfigFile::parse("a=1\nnot a setting\n"),
+            Err("line 2: expected KEY=VALUE, e.g. security.protocol=SASL_SSL".to_owned())
+        );
+        let missing = KafkaConfigFile::read("/nonexistent/k.properties");
+        assert!(
+            missing
+                .as_ref()
+                .is_err_and(|e| e.starts_with("reading /nonexistent/k.properties")),
+            "{missing:?}"
+        );
+    }
+
+    /// The client library is built with what secured and compressed clusters need: TLS, SASL
+    /// PLAIN and SCRAM, and every codec (librdkafka refuses `builtin.features` it lacks).
+    #[test]
+    fn the_kafka_client_has_tls_sasl_and_every_codec() {
+        let created: Result<rdkafka::producer::BaseProducer, _> = ClientConfig::new()
+            .set(
+                "builtin.features",
+                "ssl,sasl_plain,sasl_scram,gzip,snappy,lz4,zstd",
+            )
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("security.protocol", "SASL_SSL")
+            .set("sasl.mechanism", "SCRAM-SHA-512")
+            .set("sasl.username", "app")
+            .set("sasl.password", "not-a-real-password")
+            .set("compression.type", "zstd")
+            .create();
+        assert!(created.is_ok(), "{:?}", created.err());
+    }
+
+    #[test]
+    fn a_secret_file_gives_its_first_line() {
+        let dir = std::env::temp_dir().join(format!("cdc-secret-{}", std::process::id()));
+        assert!(std::fs::create_dir_all(&dir).is_ok());
+        let path = dir.join("url");
+        assert!(std::fs::write(&path, "postgres://u:s3cret@h/db\n").is_ok());
+        let path = path.to_string_lossy().into_owned();
+        let secret = read_secret_file(&path);
+        assert_eq!(
+            secret.as_ref().map(Secret::expose),
+            Ok("postgres://u:s3cret@h/db")
+        );
+        let args = PostgresArgs {
+            database_url_file: secret.ok(),
+            ..PostgresArgs::default()
+        };
+        assert_eq!(args.url(), "postgres://u:s3cret@h/db");
+        assert!(std::fs::write(dir.join("empty"), "\n").is_ok());
+        let empty = read_secret_file(&dir.join("empty").to_string_lossy());
+        assert!(empty.is_err_and(|e| e.ends_with("is empty")));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -99,7 +99,23 @@ pub async fn send_raw(
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
 ) -> Result<(i32, i64)> {
+    send_raw_at(producer, topic, partition, key, payload, None).await
+}
+
+/// [`send_raw`] with the record's timestamp given (milliseconds): a record sent at that time
+/// and appended only now, as after a long retry.
+pub async fn send_raw_at(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    timestamp_ms: Option<i64>,
+) -> Result<(i32, i64)> {
     let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+    if let Some(timestamp) = timestamp_ms {
+        record = record.timestamp(timestamp);
+    }
     if let Some(partition) = partition {
         record = record.partition(partition);
     }

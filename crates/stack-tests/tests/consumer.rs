@@ -6,16 +6,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use cdc_core::events::{Event, UserEvent};
 use cdc_core::generator::{Generator, GeneratorConfig};
+use cdc_core::runtime::BatchHandler;
 use cdc_core::topics::{ensure_topics, TopicSpec};
 use chrono::{TimeZone, Utc};
+use consumer::handler::EventHandler;
+use consumer::parents::{ProgressError, UsersProgress};
+use consumer::unknown_fields::UnknownFields;
+use futures::future::BoxFuture;
 use sqlx::PgPool;
 use stack_tests::kafka::{
-    check_replayed, dead_letters, end_offsets, producer, records_since, reset_to_earliest, send_raw,
+    check_replayed, dead_letters, end_offsets, producer, read_topic, records_since,
+    reset_to_earliest, send_raw, send_raw_at,
 };
 use stack_tests::model::Model;
 use stack_tests::process::{
@@ -451,7 +458,9 @@ async fn an_order_whose_user_never_arrives_is_dead_lettered_after_the_wait() -> 
         .collect();
     run.send_events(&orphan_events).await?;
     let mut command = run.consumer_command(4);
-    command.env("PARENT_WAIT_SECS", "2");
+    command
+        .env("PARENT_WAIT_SECS", "2")
+        .env("MAX_DELIVERY_TIME", "3s");
     run.run_to_end(command).await?;
     let pool = pool(&run.stack).await?;
     assert_eq!(
@@ -467,6 +476,154 @@ async fn an_order_whose_user_never_arrives_is_dead_lettered_after_the_wait() -> 
     assert_eq!(
         reasons,
         vec!["missing_parent".to_owned(); orphan_events.len()]
+    );
+    Ok(())
+}
+
+/// A user's creation, and the first event of one of its orders (as a one-event stream) with the
+/// order's id.
+fn a_user_and_an_order() -> Result<(UserEvent, Vec<Event>, Uuid)> {
+    let events = generated(seed(), 1, 1);
+    let user = first_user(&events)?;
+    let order = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Order(o) => Some(o.clone()),
+            Event::User(_) => None,
+        })
+        .context("no order event")?;
+    let id = order.order.id;
+    Ok((user, vec![Event::Order(order)], id))
+}
+
+/// The race a second 30-minute chaos run found (docs/chaos.md): a user sent before its order but
+/// appended to Kafka only later (its send was retried while a broker was paused), after the order
+/// has waited past `--parent-wait-secs` and the users group has applied everything there is. The
+/// users partition holds nothing newer than the order, so the user may still be on its way: the
+/// order waits for it instead of being parked.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_waits_for_a_user_sent_before_it_but_appended_after_the_wait() -> Result<()> {
+    let _shared = shared().await;
+    let run = Run::new().await?;
+    let (user, order, order_id) = a_user_and_an_order()?;
+    let order_ids = [order_id];
+    let sent_at = Utc::now().timestamp_millis();
+    run.send_events(&order).await?;
+    let mut command = run.consumer_command(0);
+    command
+        .env("PARENT_WAIT_SECS", "1")
+        .env("MAX_DELIVERY_TIME", "60s");
+    let consumer = Process::spawn("consumer", command)?;
+    // Well past the parent wait, with the (empty) users stream fully applied.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let pool = pool(&run.stack).await?;
+    assert_eq!(count_orders(&pool, &order_ids).await?, 0);
+    // The user arrives, stamped before its order, as a retried send would be.
+    let user_event = Event::User(user);
+    send_raw_at(
+        &producer(&run.stack)?,
+        &run.users_topic,
+        None,
+        Some(user_event.key().as_bytes()),
+        Some(&user_event.to_json()),
+        Some(sent_at - 1_000),
+    )
+    .await?;
+    wait_for_orders(&pool, &order_ids, 1).await?;
+    consumer.terminate().await?;
+    let dlq = cdc_core::dlq::topic_for(&run.orders_topic);
+    let parked = end_offsets(&run.stack, &dlq).unwrap_or_default();
+    assert!(
+        parked.values().all(|end| *end == 0),
+        "nothing may be dead-lettered: {parked:?}"
+    );
+    Ok(())
+}
+
+/// Answers "the users stream is applied past the order" — after applying the order's user to
+/// PostgreSQL itself, the way the users consumer can between an order's last attempt and the
+/// answer.
+struct UserAppliedWhileAsked {
+    pool: PgPool,
+    user: UserEvent,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl UsersProgress for UserAppliedWhileAsked {
+    fn applied_past(&self, _timestamp_ms: i64) -> BoxFuture<'_, Result<bool, ProgressError>> {
+        Box::pin(async move {
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            consumer::sink::apply_users(&self.pool, std::slice::from_ref(&self.user))
+                .await
+                .unwrap_or_else(|error| panic!("applying the user: {error}"));
+            Ok(true)
+        })
+    }
+}
+
+/// The race a 30-minute chaos run found (docs/chaos.md): an order misses its user, the user is
+/// applied, and only then does the users stream answer that it is applied past the order's time.
+/// The order must be tried once more and applied, not parked as `missing_parent`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_whose_user_lands_just_before_the_users_stream_answers_is_applied() -> Result<()> {
+    let _shared = shared().await;
+    let run = Run::new().await?;
+    let (user, order, order_id) = a_user_and_an_order()?;
+    // The dead-letter topic exists, so a wrongly parked order would land there.
+    let dlq = cdc_core::dlq::topic_for(&run.orders_topic);
+    let rf = i32::try_from(run.stack.broker_count)?;
+    ensure_topics(
+        &run.stack.brokers,
+        &[TopicSpec::new(&dlq, 1, rf)],
+        Duration::from_secs(30),
+    )
+    .await?;
+    run.send_events(&order).await?;
+    let batch = read_topic(&run.stack, &run.orders_topic)?;
+    ensure!(
+        batch.len() == 1,
+        "one order record expected, read {}",
+        batch.len()
+    );
+    let pool = pool(&run.stack).await?;
+    let metrics = cdc_core::metrics::Metrics::default();
+    let progress = Arc::new(UserAppliedWhileAsked {
+        pool: pool.clone(),
+        user,
+        asked: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let handler = EventHandler {
+        kind: cdc_core::events::EntityKind::Order,
+        pool: pool.clone(),
+        dlq: cdc_core::dlq::DeadLetters::new(
+            cdc_core::dlq::producer(stack_tests::kafka::config(&run.stack))?,
+            Duration::from_secs(30),
+        ),
+        parent_wait: Duration::from_millis(300),
+        give_up_after: Duration::from_secs(30),
+        users: Some(progress.clone()),
+        waiting: prometheus_client::metrics::gauge::Gauge::default(),
+        unknown_fields: UnknownFields::register(&metrics),
+        metrics,
+    };
+    handler
+        .handle(&batch, &tokio_util::sync::CancellationToken::new())
+        .await
+        .map_err(|interrupted| anyhow::anyhow!("the batch did not end: {interrupted:?}"))?;
+    assert_eq!(
+        progress.asked.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the users stream is asked once, after the order missed its user"
+    );
+    assert_eq!(
+        count_orders(&pool, &[order_id]).await?,
+        1,
+        "the order must be applied once its user is there"
+    );
+    let parked = end_offsets(&run.stack, &dlq).unwrap_or_default();
+    assert!(
+        parked.values().all(|end| *end == 0),
+        "nothing may be dead-lettered: {parked:?}"
     );
     Ok(())
 }
