@@ -109,7 +109,7 @@ enum Command {
     /// Producer throughput at acks=all vs a bare rdkafka send loop.
     Producer(producer_bench::ProducerArgs),
     /// cdcconsumer: write rate vs a bare scylla loop, end-to-end latency, peak RSS.
-    Cdc(cdc::CdcArgs),
+    Cdc(Box<cdc::CdcArgs>),
 }
 
 /// Connection settings the benchmarks share.

@@ -41,10 +41,10 @@ pub struct Options {
 pub enum Command {
     /// Wait until the pipeline is quiet, then compare PostgreSQL with Cassandra row by row. Exit
     /// status: 0 clean, 1 drift, 2 could not verify.
-    Verify(VerifyArgs),
+    Verify(Box<VerifyArgs>),
     /// The dead letters of the CDC topics: list them, or replay a selection to its source topics
     /// once the cause is fixed.
-    Dlq(DlqArgs),
+    Dlq(Box<DlqArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -248,9 +248,12 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     ensure_topics_with(&config, &specs, Duration::from_secs(30))
         .await
         .context("preparing the dead-letter topics")?;
-    let session = cassandra::connect(&args.common.cassandra.cassandra_nodes)
-        .await
-        .context("connecting to Cassandra")?;
+    let session = cassandra::connect_with(
+        &args.common.cassandra.cassandra_nodes,
+        &args.common.cassandra.access,
+    )
+    .await
+    .context("connecting to Cassandra")?;
     if args.apply_schema {
         cassandra::apply_schema(&session, &args.common.cassandra.keyspace)
             .await
@@ -454,9 +457,12 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<Verdict> {
             .context("waiting for the pipeline to be quiet")?;
         tracing::info!(?report, "pipeline quiet");
     }
-    let session = cassandra::connect(&args.common.cassandra.cassandra_nodes)
-        .await
-        .context("connecting to Cassandra")?;
+    let session = cassandra::connect_with(
+        &args.common.cassandra.cassandra_nodes,
+        &args.common.cassandra.access,
+    )
+    .await
+    .context("connecting to Cassandra")?;
     let report = verify::compare(
         &pool,
         &session,

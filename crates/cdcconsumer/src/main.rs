@@ -15,11 +15,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::Verify(args)) => {
             args.common.log.init();
-            std::process::exit(cli::verify_exit_code(cli::verify(args).await))
+            std::process::exit(cli::verify_exit_code(cli::verify(*args).await))
         }
         Some(Command::Dlq(args)) => {
             args.command.log().init();
-            std::process::exit(cli::dlq(args).await)
+            std::process::exit(cli::dlq(*args).await)
         }
     }
 }
