@@ -22,6 +22,16 @@
 #   DEBEZIUM_UNAVAILABLE_PLACEHOLDER  value sent for an unchanged TOASTed column
 #   KAFKA_MESSAGE_MAX_BYTES           largest record the connector may send (32 MiB)
 #   WAIT_SECONDS           how long to wait for RUNNING           (180)
+#   CONNECT_SECRETS_FILE   a properties file *as the Connect worker sees it* holding
+#                          `database.password=…`; the connector config then refers to it as
+#                          ${file:<path>:database.password} (the worker needs Kafka's
+#                          FileConfigProvider: config.providers=file), so neither Connect's stored
+#                          config nor its REST API ever holds the password. Unset: the password
+#                          (POSTGRES_REPLICATION_PASSWORD) is put in the config itself.
+#
+# The password never appears on a command line (the config goes to curl on stdin), the JSON is
+# built by jq (any character in any value is escaped), and Connect's reply is kept in a private
+# temporary file removed on exit.
 set -Eeuo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -56,6 +66,16 @@ log() { printf '%s debezium-config: %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf 'debezium-config: error: %s\n' "$*" >&2; exit 1; }
 
 command -v curl >/dev/null || die "curl is required"
+command -v jq >/dev/null || die "jq is required (apt-get install jq)"
+CONNECT_SECRETS_FILE=${CONNECT_SECRETS_FILE:-}
+if [[ -n $CONNECT_SECRETS_FILE ]]; then
+    # Resolved by the worker when it starts the connector; stored and shown as the reference.
+    DB_PASSWORD_REF="\${file:$CONNECT_SECRETS_FILE:database.password}"
+else
+    DB_PASSWORD_REF=$DB_PASSWORD
+fi
+reply=$(mktemp)
+trap 'rm -f "$reply"' EXIT
 
 deadline=$((SECONDS + WAIT_SECONDS))
 plugin_offered() {
@@ -91,46 +111,52 @@ if [[ -n $KAFKA_TOPICS_CMD ]]; then
     done
 fi
 
-# Every value is a string, as Kafka Connect expects. The password goes in the body only, never in a log.
+# Every value is a string, as Kafka Connect expects. jq takes the values from its environment
+# (never from its command line) and escapes them.
 config=$(
-    cat <<EOF
-{
+    DATABASE_HOSTNAME=$DATABASE_HOSTNAME DATABASE_PORT=$DATABASE_PORT DB_USER=$DB_USER \
+        DB_PASSWORD_REF=$DB_PASSWORD_REF DB=$DB TOPIC_PREFIX=$TOPIC_PREFIX TABLES=$TABLES SLOT=$SLOT \
+        PUBLICATION=$PUBLICATION DECIMAL_HANDLING_MODE=$DECIMAL_HANDLING_MODE \
+        UNAVAILABLE_PLACEHOLDER=$UNAVAILABLE_PLACEHOLDER MAX_MESSAGE_BYTES=$MAX_MESSAGE_BYTES \
+        HEARTBEAT_INTERVAL_MS=$HEARTBEAT_INTERVAL_MS RF=$RF PARTITIONS=$PARTITIONS \
+        jq -n '{
   "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
   "tasks.max": "1",
   "plugin.name": "pgoutput",
-  "database.hostname": "$DATABASE_HOSTNAME",
-  "database.port": "$DATABASE_PORT",
-  "database.user": "$DB_USER",
-  "database.password": "$DB_PASSWORD",
-  "database.dbname": "$DB",
-  "topic.prefix": "$TOPIC_PREFIX",
-  "table.include.list": "$TABLES",
-  "slot.name": "$SLOT",
-  "publication.name": "$PUBLICATION",
+  "database.hostname": env.DATABASE_HOSTNAME,
+  "database.port": env.DATABASE_PORT,
+  "database.user": env.DB_USER,
+  "database.password": env.DB_PASSWORD_REF,
+  "database.dbname": env.DB,
+  "topic.prefix": env.TOPIC_PREFIX,
+  "table.include.list": env.TABLES,
+  "slot.name": env.SLOT,
+  "publication.name": env.PUBLICATION,
   "publication.autocreate.mode": "disabled",
   "snapshot.mode": "initial",
-  "decimal.handling.mode": "$DECIMAL_HANDLING_MODE",
-  "unavailable.value.placeholder": "$UNAVAILABLE_PLACEHOLDER",
-  "producer.override.max.request.size": "$MAX_MESSAGE_BYTES",
+  "decimal.handling.mode": env.DECIMAL_HANDLING_MODE,
+  "unavailable.value.placeholder": env.UNAVAILABLE_PLACEHOLDER,
+  "producer.override.max.request.size": env.MAX_MESSAGE_BYTES,
   "time.precision.mode": "adaptive",
   "tombstones.on.delete": "true",
   "skipped.operations": "none",
-  "heartbeat.interval.ms": "$HEARTBEAT_INTERVAL_MS",
+  "heartbeat.interval.ms": env.HEARTBEAT_INTERVAL_MS,
   "heartbeat.action.query": "INSERT INTO public.debezium_heartbeat (id, ts) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET ts = EXCLUDED.ts",
   "poll.interval.ms": "50",
   "max.batch.size": "2048",
   "max.queue.size": "8192",
-  "topic.creation.default.replication.factor": "$RF",
-  "topic.creation.default.partitions": "$PARTITIONS",
+  "topic.creation.default.replication.factor": env.RF,
+  "topic.creation.default.partitions": env.PARTITIONS,
   "errors.max.retries": "-1"
-}
-EOF
-)
+}'
+) || die "building the connector config failed"
 
-status=$(curl -sS -o /tmp/debezium-config.$$ -w '%{http_code}' -X PUT -H 'Content-Type: application/json' \
-    --data "$config" "$CONNECT_URL/connectors/$CONNECTOR_NAME/config") || die "PUT to $CONNECT_URL failed"
-body=$(cat /tmp/debezium-config.$$)
-rm -f /tmp/debezium-config.$$
+# The config (with the password or its reference) goes to curl on stdin; the reply, which repeats
+# it, to a private file that is removed on exit.
+status=$(curl -sS -o "$reply" -w '%{http_code}' -X PUT -H 'Content-Type: application/json' \
+    --data-binary @- "$CONNECT_URL/connectors/$CONNECTOR_NAME/config" <<<"$config") ||
+    die "PUT to $CONNECT_URL failed"
+body=$(jq -c 'if type == "object" and has("config") then .config["database.password"] = "***" else . end' "$reply" 2>/dev/null || cat "$reply")
 case $status in
     200) log "connector $CONNECTOR_NAME updated" ;;
     201) log "connector $CONNECTOR_NAME created" ;;

@@ -484,7 +484,16 @@ producer.linger.ms=5
 producer.acks=all
 producer.enable.idempotence=true
 producer.max.request.size=$KAFKA_MESSAGE_MAX_BYTES
+# connector configs refer to secrets in files (\${file:PATH:KEY}) instead of holding them
+config.providers=file
+config.providers.file.class=org.apache.kafka.common.config.provider.FileConfigProvider
 EOF
+    # The replication password, readable by this user only; the connector config names the file.
+    (
+        umask 077
+        printf 'database.password=%s\n' "${POSTGRES_REPLICATION_PASSWORD:-debezium_password}" \
+            >"$STATE/connect/secrets.properties"
+    )
 }
 
 connect_start() {
@@ -502,6 +511,7 @@ connect_rest_ready() {
 
 register_connector() {
     CONNECT_URL="http://127.0.0.1:$CONNECT_PORT" KAFKA_BOOTSTRAP="$KAFKA_BOOTSTRAP" \
+        CONNECT_SECRETS_FILE="$STATE/connect/secrets.properties" \
         KAFKA_TOPICS_CMD="$STATE/bin/kafka-topics" TOPIC_REPLICATION_FACTOR="$KAFKA_DEFAULT_REPLICATION_FACTOR" \
         bash "$ROOT/debezium-config.sh" >>"$LOGS/debezium-config.log" 2>&1 ||
         { tail -n 30 "$LOGS/debezium-config.log" >&2; fail_service connect "registering the Debezium connector failed"; }

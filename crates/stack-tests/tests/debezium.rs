@@ -212,3 +212,40 @@ async fn the_slot_advances_while_the_captured_tables_are_idle() -> Result<()> {
     eprintln!("slot {slot} confirmed {confirmed:#x}, past {target:#x}");
     Ok(())
 }
+
+/// The connector's config as Kafka Connect stores and serves it holds a reference to the
+/// replication password's file, never the password; the worker resolves it (the connector runs,
+/// as every other test here shows).
+#[tokio::test]
+async fn connects_rest_api_never_serves_the_replication_password() -> Result<()> {
+    let stack = Stack::from_env()?;
+    let port = stack
+        .topology
+        .get("CONNECT_PORT")
+        .context("CONNECT_PORT missing from the topology")?;
+    let name = stack
+        .topology
+        .get("CONNECTOR_NAME")
+        .context("CONNECTOR_NAME missing from the topology")?;
+    let password = stack
+        .topology
+        .get("POSTGRES_REPLICATION_PASSWORD")
+        .context("POSTGRES_REPLICATION_PASSWORD missing from the topology")?;
+    let (status, body) = stack_tests::process::http_get(
+        &format!("127.0.0.1:{port}"),
+        &format!("/connectors/{name}/config"),
+    )
+    .await?;
+    ensure!(status == 200, "Connect answered {status}: {body}");
+    let config: Value = serde_json::from_str(&body)?;
+    let stored = config["database.password"].as_str().unwrap_or_default();
+    ensure!(
+        stored.starts_with("${file:") && stored.ends_with(":database.password}"),
+        "database.password is not a file reference: {stored:?}"
+    );
+    ensure!(
+        !body.contains(password.as_str()),
+        "Connect serves the password"
+    );
+    Ok(())
+}
