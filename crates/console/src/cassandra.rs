@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cdc_core::cassandra::CassandraAccess;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::unprepared::Statement;
@@ -77,6 +78,7 @@ struct Heartbeat {
 pub struct Cassandra {
     nodes: Vec<String>,
     timeout: Duration,
+    access: CassandraAccess,
     session: Arc<AsyncMutex<Option<Arc<Session>>>>,
     heartbeats: Arc<Mutex<HashMap<String, Heartbeat>>>,
 }
@@ -100,9 +102,10 @@ type GossipRow = (
 );
 
 impl Cassandra {
-    pub fn new(nodes: Vec<String>, timeout: Duration) -> Self {
+    pub fn new(nodes: Vec<String>, access: CassandraAccess, timeout: Duration) -> Self {
         Self {
             nodes,
+            access,
             timeout,
             session: Arc::new(AsyncMutex::new(None)),
             heartbeats: Arc::new(Mutex::new(HashMap::new())),
@@ -120,6 +123,7 @@ impl Cassandra {
         if let Some(translator) = cdc_core::config::cassandra_port_translations(&self.nodes) {
             builder = builder.address_translator(Arc::new(translator));
         }
+        let builder = self.access.apply(builder).map_err(query_error)?;
         let session = tokio::time::timeout(self.timeout, builder.build())
             .await
             .map_err(|_| CassandraError::Timeout(self.timeout))?

@@ -44,6 +44,9 @@ pub struct Options {
     )]
     pub cassandra_nodes: Vec<String>,
 
+    #[command(flatten)]
+    pub cassandra_access: cdc_core::cassandra::CassandraAccess,
+
     /// Allow restarting a connector or a task from the Connect page (the only write the console
     /// can make). Off by default.
     #[arg(long, env = "CONSOLE_ENABLE_ACTIONS", default_value_t = false)]
@@ -125,7 +128,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         wire,
         postgres,
         connect: ConnectClient::new(&options.connect_url, timeout),
-        cassandra: Cassandra::new(options.cassandra_nodes.clone(), timeout),
+        cassandra: Cassandra::new(
+            options.cassandra_nodes.clone(),
+            options.cassandra_access.clone(),
+            timeout,
+        ),
         brokers: options
             .kafka
             .brokers

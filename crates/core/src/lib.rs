@@ -4,12 +4,17 @@
 //! (`dlq list`, `dlq replay`), metrics, option groups, logging and shutdown.
 //!
 //! The binaries (`producer`, `consumer`, `cdcconsumer`) own their jobs; nothing here knows a
-//! database driver. Modules lower in this list never import from higher ones:
+//! database driver, except the options for reaching a secured Cassandra cluster behind the
+//! `cassandra` feature (cdcconsumer and console share them). Modules lower in this list never
+//! import from higher ones:
 //!
 //! - `runtime` → `dlq` → `retry` → `outcome`; `runtime`, `dlq` → `metrics`
 //! - `replay` → `config`, `dlq`, `topics`; `config` → `logging`, `topics`
 //! - `debezium` → `tables`; `events`, `generator` (feature `generator`) → `events`
+//! - `cassandra` (feature `cassandra`) → `config`
 
+#[cfg(feature = "cassandra")]
+pub mod cassandra;
 pub mod config;
 pub mod debezium;
 pub mod dlq;
