@@ -28,11 +28,14 @@ done <"$STACK/topology.env"
 
 pom_property() { sed -n "s:.*<$2>\(.*\)</$2>.*:\1:p" "$STACK/maven/$1.pom.xml" | head -n 1; }
 KAFKA_VERSION="$(pom_property kafka kafka.version)"
+# log4j 2.25.3 fixed CVE-2025-68161; the Kafka libraries' directory is named after both versions so
+# that a bump fetches anew.
+LOG4J_VERSION="$(pom_property kafka log4j.version)"
 CASSANDRA_VERSION="$(pom_property cassandra cassandra.version)"
 DEBEZIUM_VERSION="$(pom_property debezium debezium.version)"
 CQLSH_VERSION=6.2.2
 
-KAFKA_LIB="$CACHE/dist/kafka-$KAFKA_VERSION"
+KAFKA_LIB="$CACHE/dist/kafka-$KAFKA_VERSION-log4j-$LOG4J_VERSION"
 CASSANDRA_LIB="$CACHE/dist/cassandra-$CASSANDRA_VERSION"
 DEBEZIUM_PLUGINS="$CACHE/dist/debezium-$DEBEZIUM_VERSION"
 CQLSH_VENV="$CACHE/cqlsh-$CQLSH_VERSION"

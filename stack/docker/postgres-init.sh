@@ -62,6 +62,17 @@ SQL
         -v repl_user="$repl_user" -v publication="$publication" \
         -f "$sql_dir/postgres-replication.sql"
 
+    # The superuser logs in over the Unix socket only: its TCP logins are rejected whatever the
+    # password, ahead of the image's own "host all all all" rule (the first match decides). The
+    # image restarts the server after this script, which reads the file then.
+    local hba="${PGDATA:?PGDATA must be set}/pg_hba.conf"
+    {
+        printf '# the superuser never over TCP (stack/docker/postgres-init.sh)\n'
+        printf 'host    all            %s    all    reject\n' "$superuser"
+        printf 'host    replication    %s    all    reject\n' "$superuser"
+        cat "$hba"
+    } >"$hba.cdc" && mv "$hba.cdc" "$hba"
+
     echo "postgres-init: done"
 )
 

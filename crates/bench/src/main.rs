@@ -78,7 +78,7 @@ mod copy_sink;
 mod producer_bench;
 
 use anyhow::{anyhow, Result};
-use cdc_core::config::{KafkaArgs, LogArgs, Secret};
+use cdc_core::config::{ExposeSecret, KafkaArgs, LogArgs, Secret};
 use clap::{Parser, Subcommand};
 
 use crate::common::Cleanup;
@@ -133,7 +133,7 @@ async fn main() -> Result<()> {
     let ctx = Context {
         kafka: cli.kafka.clone(),
         brokers: cli.kafka.brokers.clone(),
-        database_url: cli.database_url.expose().to_owned(),
+        database_url: cli.database_url.expose_secret().to_owned(),
     };
     let mut cleanup = Cleanup::default();
     let outcome = tokio::select! {

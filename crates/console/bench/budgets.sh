@@ -27,9 +27,9 @@ console_pid=""
 chromium_pid=""
 profile=""
 cleanup() {
-    [[ -n $chromium_pid ]] && kill "$chromium_pid" 2>/dev/null && wait "$chromium_pid" 2>/dev/null
+    [[ -n $chromium_pid ]] && stop_chromium
     [[ -n $console_pid ]] && kill "$console_pid" 2>/dev/null && wait "$console_pid" 2>/dev/null
-    [[ -n $profile ]] && rm -rf "$profile"
+    [[ -n $profile ]] && remove_profile
     return 0
 }
 trap cleanup EXIT
@@ -97,10 +97,24 @@ without=()
 with=()
 amplified=()
 peak=0
+stop_chromium() {
+    kill -- "-$chromium_pid" 2>/dev/null || kill "$chromium_pid" 2>/dev/null || true
+    wait "$chromium_pid" 2>/dev/null || true
+    chromium_pid=""
+}
+remove_profile() { # a helper that outlived the group may still be writing: try a few times
+    local _
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        rm -rf "$profile" 2>/dev/null && break
+        sleep 0.5
+    done
+    profile=""
+}
 open_console() { # [console args]: the console, and chromium holding the overview open
     start_console "$@"
     profile=$(mktemp -d)
-    chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
+    # Its own process group: chromium's helpers (zygote, renderers) go down with it.
+    setsid chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
         --disable-sync --no-first-run --disable-quic --user-data-dir="$profile" --remote-debugging-port=0 \
         "$URL/" >/dev/null 2>&1 &
     chromium_pid=$!
@@ -110,10 +124,8 @@ close_console() {
     local hwm
     hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$console_pid/status")
     ((hwm > peak)) && peak=$hwm
-    kill "$chromium_pid" 2>/dev/null && wait "$chromium_pid" 2>/dev/null || true
-    chromium_pid=""
-    rm -rf "$profile"
-    profile=""
+    stop_chromium
+    remove_profile
     stop_console
 }
 for round in $(seq 1 "$ROUNDS"); do

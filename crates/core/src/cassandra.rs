@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use scylla::client::session_builder::SessionBuilder;
 
-use crate::config::{read_secret_file, Secret};
+use crate::config::{read_secret_file, ExposeSecret, Secret};
 
 /// How to log in to the cluster and protect the connection: credentials, TLS, the local
 /// datacenter. Nothing set: plaintext without authentication, as on the local stack.
@@ -91,7 +91,7 @@ impl CassandraAccess {
     /// `builder` with the credentials, TLS and datacenter preference applied.
     pub fn apply(&self, mut builder: SessionBuilder) -> Result<SessionBuilder, AccessError> {
         match (&self.username, self.password()) {
-            (Some(user), Some(password)) => builder = builder.user(user, password.expose()),
+            (Some(user), Some(password)) => builder = builder.user(user, password.expose_secret()),
             (None, Some(_)) => return Err(AccessError::PasswordWithoutUser),
             (Some(_), None) => return Err(AccessError::UserWithoutPassword),
             (None, None) => {}
@@ -133,7 +133,7 @@ mod tests {
         let none = CassandraAccess::default();
         assert!(none.apply(builder()).is_ok());
         let password_only = CassandraAccess {
-            password: Some(Secret::new("pw")),
+            password: Some(Secret::from("pw")),
             ..CassandraAccess::default()
         };
         assert!(matches!(

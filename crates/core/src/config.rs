@@ -17,13 +17,13 @@
 //! ```
 
 use std::collections::{BTreeSet, HashMap};
-use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
+pub use secrecy::{ExposeSecret, SecretString};
 
 use crate::logging;
 pub use crate::logging::LogFormat;
@@ -304,14 +304,14 @@ impl PostgresArgs {
         self.database_url_file
             .as_ref()
             .unwrap_or(&self.database_url)
-            .expose()
+            .expose_secret()
     }
 }
 
 impl Default for PostgresArgs {
     fn default() -> Self {
         Self {
-            database_url: Secret::new(DEFAULT_DATABASE_URL),
+            database_url: Secret::from(DEFAULT_DATABASE_URL),
             database_url_file: None,
         }
     }
@@ -325,7 +325,7 @@ pub fn read_secret_file(path: &str) -> Result<Secret, String> {
     if secret.is_empty() {
         return Err(format!("{path} is empty"));
     }
-    Ok(Secret::new(secret))
+    Ok(Secret::from(secret))
 }
 
 /// How the per-partition runtime consumes: the same for the consumer and the cdcconsumer.
@@ -389,47 +389,10 @@ impl RuntimeArgs {
     }
 }
 
-/// A password, token or URL with credentials: `{}` and `{:?}` print `***`; only
-/// [`Secret::expose`] gives the text, so it cannot end up in a log line by accident.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that needs it (a connection, a client setting).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = Infallible;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        Ok(Self(value.to_owned()))
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Self(value)
-    }
-}
+/// A password, token or URL with credentials: `{:?}` prints `[REDACTED]` and only
+/// [`ExposeSecret::expose_secret`] gives the text, so it cannot end up in a log line by accident;
+/// the memory is zeroed when dropped.
+pub type Secret = SecretString;
 
 /// Parses an RFC 3339 time (`2026-11-24T10:00:00Z`).
 pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
@@ -438,41 +401,14 @@ pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
         .map_err(|error| format!("`{text}` is not an RFC 3339 time ({error})"))
 }
 
-/// Parses a duration such as `30s`, `500ms`, `5m`, `1h30m` or `1.5s` (units `ms`, `s`, `m`, `h`;
-/// a bare number means seconds).
+/// Parses a duration such as `30s`, `500ms`, `5m`, `1h30m` or `2m 5s` (humantime's units: `ms`,
+/// `s`, `m`, `h`, `d` and their long forms); a bare number, fractions allowed, means seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    if text.is_empty() {
-        return Err("empty duration".to_owned());
-    }
     if let Ok(seconds) = text.parse::<f64>() {
         return Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let number_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("`{text}`: a number needs a unit (ms, s, m, h)"))?;
-        let (number, after) = rest.split_at(number_end);
-        let unit_end = after
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(after.len());
-        let (unit, next) = after.split_at(unit_end);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("`{text}`: `{number}` is not a number"))?;
-        let seconds = match unit.trim() {
-            "ms" => value / 1000.0,
-            "s" | "sec" => value,
-            "m" | "min" => value * 60.0,
-            "h" => value * 3600.0,
-            other => return Err(format!("`{text}`: unknown unit `{other}` (ms, s, m, h)")),
-        };
-        total += Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))?;
-        rest = next;
-    }
-    Ok(total)
+    humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e}"))
 }
 
 /// Nodes that share one host but listen on different native ports (the local stack: 127.0.0.1:9042,
@@ -506,10 +442,9 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
-        let secret: Secret = "hunter2".parse().unwrap_or_default();
-        assert_eq!(format!("{secret}"), "***");
-        assert_eq!(format!("{secret:?}"), "***");
-        assert_eq!(secret.expose(), "hunter2");
+        let secret = Secret::from("hunter2");
+        assert!(!format!("{secret:?}").contains("hunter2"));
+        assert_eq!(secret.expose_secret(), "hunter2");
         let option: KafkaOption = "sasl.password=hunter2".parse().unwrap_or(KafkaOption {
             key: String::new(),
             value: String::new(),
@@ -640,7 +575,7 @@ mod tests {
         let path = path.to_string_lossy().into_owned();
         let secret = read_secret_file(&path);
         assert_eq!(
-            secret.as_ref().map(Secret::expose),
+            secret.as_ref().map(ExposeSecret::expose_secret),
             Ok("postgres://u:s3cret@h/db")
         );
         let args = PostgresArgs {

@@ -540,7 +540,7 @@ async fn produce(
                     return reason;
                 }
             }
-        } else if sent % 1024 == 0 {
+        } else if sent.is_multiple_of(1024) {
             // Flat out: let other tasks (signals, progress) run now and then.
             tokio::task::yield_now().await;
         }

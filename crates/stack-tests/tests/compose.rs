@@ -629,6 +629,16 @@ fn published_host_ports_match_topology() -> Result<()> {
         vec![(topology.port("KAFKA_UI_PORT")?, None)],
     );
 
+    // Each Cassandra node is published on its own loopback address, as on the local stack.
+    let cassandra_addresses: BTreeMap<&str, String> = CASSANDRA_NODES
+        .into_iter()
+        .zip(
+            topology
+                .get("CASSANDRA_ADDRESSES")?
+                .split_whitespace()
+                .map(str::to_owned),
+        )
+        .collect();
     let mut seen_host_ports = BTreeMap::new();
     for name in compose.service_names()? {
         let published = compose.service(&name)?.ports()?;
@@ -639,7 +649,15 @@ fn published_host_ports_match_topology() -> Result<()> {
                     p.host
                 );
             }
-            if let Some(ip) = &p.host_ip {
+            if let Some(address) = cassandra_addresses.get(name.as_str()) {
+                ensure!(
+                    p.host_ip.as_ref() == Some(address),
+                    "`{name}` publishes {} on {:?}; the binaries and the local stack reach it at \
+                     {address}",
+                    p.host,
+                    p.host_ip
+                );
+            } else if let Some(ip) = &p.host_ip {
                 ensure!(
                     ip == "127.0.0.1" || ip == "0.0.0.0",
                     "`{name}` publishes {} on {ip}, which host clients on 127.0.0.1 cannot reach",
@@ -998,7 +1016,7 @@ fn connect_and_connector_registration_match_topology() -> Result<()> {
         .words("entrypoint")?
         .into_iter()
         .chain(init.words("command")?)
-        .any(|word| word == script.target);
+        .any(|word| word.split_whitespace().any(|w| w == script.target));
     ensure!(
         runs_script,
         "debezium-init mounts debezium-config.sh at {} but does not run it",
@@ -1008,6 +1026,90 @@ fn connect_and_connector_registration_match_topology() -> Result<()> {
         init.depends_on()?.get("connect").map(String::as_str) == Some("service_healthy"),
         "debezium-init should wait for connect to be healthy"
     );
+
+    // The password reaches the connector through the worker's FileConfigProvider: the file is
+    // mounted where debezium-init says the worker sees it, and holds topology.env's password.
+    ensure!(
+        connect.env("CONNECT_CONFIG_PROVIDERS")? == "file"
+            && connect.env("CONNECT_CONFIG_PROVIDERS_FILE_CLASS")?
+                == "org.apache.kafka.common.config.provider.FileConfigProvider",
+        "connect should offer Kafka's FileConfigProvider as `file`"
+    );
+    let secrets_file = init.env("CONNECT_SECRETS_FILE")?;
+    let config = connect
+        .field("configs")
+        .and_then(Value::as_sequence)
+        .and_then(|configs| {
+            configs
+                .iter()
+                .find(|c| c.get("target").and_then(Value::as_str) == Some(secrets_file.as_str()))
+        })
+        .and_then(|c| c.get("source"))
+        .and_then(Value::as_str)
+        .with_context(|| format!("connect mounts no config at {secrets_file}"))?;
+    let content = compose
+        .root
+        .get("configs")
+        .and_then(|configs| configs.get(config))
+        .and_then(|c| c.get("content"))
+        .and_then(Value::as_str)
+        .with_context(|| format!("top-level config `{config}` has no content"))?;
+    let password = topology.get("POSTGRES_REPLICATION_PASSWORD")?;
+    ensure!(
+        content
+            .lines()
+            .any(|line| line == format!("database.password={password}")),
+        "config `{config}` should hold database.password as topology.env says"
+    );
+    Ok(())
+}
+
+/// The images are the exact versions the local stack runs (stack/maven/*.pom.xml, the PostgreSQL
+/// major of stack.sh); none floats on a major or minor tag.
+#[test]
+fn images_are_pinned_to_the_local_stacks_versions() -> Result<()> {
+    let compose = Compose::load()?;
+    let pom = |name: &str, property: &str| -> Result<String> {
+        let text = read_repo_file(&format!("stack/maven/{name}.pom.xml"))?;
+        let (open, close) = (format!("<{property}>"), format!("</{property}>"));
+        text.split_once(&open)
+            .and_then(|(_, rest)| rest.split_once(&close))
+            .map(|(value, _)| value.trim().to_owned())
+            .with_context(|| format!("stack/maven/{name}.pom.xml has no {property}"))
+    };
+    let kafka = format!("apache/kafka:{}", pom("kafka", "kafka.version")?);
+    let cassandra = format!("cassandra:{}", pom("cassandra", "cassandra.version")?);
+    let debezium = format!(
+        "quay.io/debezium/connect:{}",
+        pom("debezium", "debezium.version")?
+    );
+    let mut expected: Vec<(&str, String)> = BROKERS.iter().map(|b| (*b, kafka.clone())).collect();
+    expected.extend(CASSANDRA_NODES.iter().map(|n| (*n, cassandra.clone())));
+    expected.push(("cassandra-init", cassandra.clone()));
+    expected.push(("connect", debezium.clone()));
+    expected.push(("debezium-init", debezium));
+    for (service, want) in &expected {
+        let got = compose.service(service)?.image()?.to_owned();
+        ensure!(
+            &got == want,
+            "`{service}` runs {got}, the local stack runs {want}"
+        );
+    }
+    for name in compose.service_names()? {
+        let image = compose.service(&name)?.image()?.to_owned();
+        let tag = image
+            .rsplit_once(':')
+            .map(|(_, tag)| tag)
+            .with_context(|| format!("`{name}` runs {image} without a tag"))?;
+        let numbers = tag
+            .trim_start_matches('v')
+            .split('.')
+            .take_while(|part| part.chars().next().is_some_and(|c| c.is_ascii_digit()));
+        ensure!(
+            numbers.count() >= 2 && tag != "latest",
+            "`{name}` runs {image}: pin an exact version"
+        );
+    }
     Ok(())
 }
 
@@ -1032,6 +1134,18 @@ fn postgres_matches_topology() -> Result<()> {
     ensure!(
         settings.get("wal_level") == Some(&"logical"),
         "postgres must run with -c wal_level=logical for Debezium (command: {command:?})"
+    );
+    // The local stack's cap on the WAL a slot may hold back, the same here.
+    let stack = read_repo_file("stack/stack.sh")?;
+    let keep = stack
+        .lines()
+        .find_map(|line| line.strip_prefix("max_slot_wal_keep_size = "))
+        .map(|value| value.trim_matches('\''))
+        .context("stack/stack.sh sets no max_slot_wal_keep_size")?;
+    ensure!(
+        settings.get("max_slot_wal_keep_size") == Some(&keep),
+        "postgres should run with -c max_slot_wal_keep_size={keep} as the local stack does \
+         (command: {command:?})"
     );
     for key in ["max_wal_senders", "max_replication_slots"] {
         let value: u32 = settings
@@ -1069,12 +1183,17 @@ fn postgres_matches_topology() -> Result<()> {
     );
 
     let init = postgres.bind_mount_of("stack/docker/postgres-init.sh")?;
+    let superuser = env.get("POSTGRES_USER").map_or("postgres", String::as_str);
+    let script = read_repo_file("stack/docker/postgres-init.sh")?;
+    ensure!(
+        script.contains("all    reject") && script.contains("replication    %s    all    reject"),
+        "stack/docker/postgres-init.sh should reject the superuser ({superuser}) over TCP"
+    );
     ensure!(
         init.target.starts_with("/docker-entrypoint-initdb.d/") && init.target.ends_with(".sh"),
         "postgres-init.sh should be mounted as a .sh file in /docker-entrypoint-initdb.d, is at {}",
         init.target
     );
-    let script = read_repo_file("stack/docker/postgres-init.sh")?;
     let sql_dir = env
         .get("CDC_INIT_SQL_DIR")
         .context("postgres does not set CDC_INIT_SQL_DIR for postgres-init.sh")?;
@@ -1126,10 +1245,19 @@ fn cassandra_matches_topology() -> Result<()> {
             "`{name}` should run Cassandra 5.0, runs {}",
             node.image()?
         );
+        // Drivers on the host are told the address the node is published on.
+        let address = topology
+            .get("CASSANDRA_ADDRESSES")?
+            .split_whitespace()
+            .nth(i)
+            .with_context(|| {
+                format!("topology.env CASSANDRA_ADDRESSES has no address for {name}")
+            })?;
         let expectations = [
             ("CASSANDRA_CLUSTER_NAME", cluster_name),
             ("CASSANDRA_ENDPOINT_SNITCH", "SimpleSnitch"),
             ("CASSANDRA_SEEDS", CASSANDRA_NODES[0]),
+            ("CASSANDRA_BROADCAST_RPC_ADDRESS", address),
         ];
         for (key, want) in expectations {
             let got = node.env(key)?;
