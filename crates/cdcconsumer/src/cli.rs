@@ -9,6 +9,7 @@ use cdc_core::config::{parse_time, KafkaArgs, LogArgs, PostgresArgs, RuntimeArgs
 use cdc_core::debezium::{DecimalMode, Encoding};
 use cdc_core::dlq::DeadLetters;
 use cdc_core::metrics::Metrics;
+use cdc_core::outcome::Interrupted;
 use cdc_core::replay::DlqCommand;
 use cdc_core::retry::retry;
 use cdc_core::runtime::{self, RunEnd};
@@ -283,7 +284,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let positions = if args.check_positions {
         let guard = PositionGuard::connect(args.source.url())
             .context("connecting to the source PostgreSQL")?;
-        check_source(
+        let checked = check_source(
             &guard,
             &session,
             &statements,
@@ -291,7 +292,22 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
             args.runtime.give_up_after,
             &shutdown,
         )
-        .await?;
+        .await;
+        match checked {
+            Ok(()) => {}
+            // A stop requested while a store was still away: nothing was consumed, so nothing is
+            // left undone; the same clean end as a stop while consuming.
+            Err(error)
+                if matches!(
+                    error.downcast_ref::<Interrupted>(),
+                    Some(Interrupted::Cancelled)
+                ) =>
+            {
+                tracing::info!("cdcconsumer finished: stopped during start-up, before consuming");
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        }
         if !args.slot.is_empty() {
             tokio::spawn(slot::watch(
                 guard.pool().clone(),

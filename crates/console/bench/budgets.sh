@@ -4,9 +4,9 @@
 #   - the console's peak resident memory (VmHWM) after all of it;
 #   - the brokers' CPU with and without the console open, in the same run: alternating windows
 #     of WINDOW seconds, the console stopped, then running with headless chromium holding the
-#     overview open (it refreshes itself every 2 s), then the same with the console looking 20
-#     times as often (--sample-interval 100ms) to lift its share above the brokers' own variation,
-#     and so on ROUNDS times.
+#     overview open (it refreshes itself every 2 s), then the console alone looking 20 times as
+#     often (--sample-interval 100ms) to lift its share above the brokers' own variation, and so
+#     on ROUNDS times.
 #
 # Usage: bash crates/console/bench/budgets.sh   (CDC_STACK_DIR for another state folder)
 # Needs: a running stack (stack/stack.sh up), curl, chromium. Uses port CONSOLE_BENCH_PORT (18080).
@@ -133,9 +133,14 @@ for round in $(seq 1 "$ROUNDS"); do
     open_console
     with+=("$(window_cpu)")
     close_console
-    open_console --sample-interval 100ms
+    # The overview page reads the collector's latest look and costs the brokers nothing, so this
+    # window runs without the browser: at 20x chromium would compete with the brokers for the two
+    # cores and inflate their CPU time.
+    start_console --sample-interval 100ms
     amplified+=("$(window_cpu)")
-    close_console
+    hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$console_pid/status")
+    ((hwm > peak)) && peak=$hwm
+    stop_console
     echo "round $round: without ${without[-1]} %, with ${with[-1]} %, with 20x looks ${amplified[-1]} % of one core (3 brokers together)"
 done
 awk -v a="${without[*]}" -v b="${with[*]}" -v c="${amplified[*]}" 'BEGIN {

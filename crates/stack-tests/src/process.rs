@@ -142,6 +142,11 @@ impl Process {
             .id())
     }
 
+    /// Where its stderr goes.
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
+    }
+
     /// The end of its log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.log, lines)
