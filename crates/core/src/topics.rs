@@ -54,6 +54,11 @@ pub enum TopicError {
         topic: String,
         code: RDKafkaErrorCode,
     },
+    #[error(
+        "topic `{topic}` exists but its layout could not be read within {timeout:?}; \
+         its partitions may still be electing leaders"
+    )]
+    Unverified { topic: String, timeout: Duration },
     #[error("Kafka admin request failed: {0}")]
     Kafka(#[from] KafkaError),
 }
@@ -64,6 +69,7 @@ impl TopicError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Mismatch { .. } => false,
+            Self::Unverified { .. } => true,
             Self::CreateFailed { code, .. } => matches!(
                 code,
                 RDKafkaErrorCode::RequestTimedOut
@@ -77,18 +83,34 @@ impl TopicError {
     }
 }
 
-/// Observed layout of an existing topic: partitions and the replication factor of its first partition.
+/// What the cluster's metadata says about one topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Observed {
+    /// No such topic.
+    Missing,
+    /// The topic exists but its metadata is not complete yet (a broker that has not caught up
+    /// with the controller, partitions without a leader).
+    NotReady,
+    /// Partitions and the replication factor of its smallest partition.
+    Layout(i32, i32),
+}
+
 fn describe(
     admin: &AdminClient<DefaultClientContext>,
     topic: &str,
     timeout: Duration,
-) -> Result<Option<(i32, i32)>, TopicError> {
+) -> Result<Observed, TopicError> {
     let metadata = admin.inner().fetch_metadata(Some(topic), timeout)?;
     let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-        return Ok(None);
+        return Ok(Observed::Missing);
     };
-    if found.error().is_some() || found.partitions().is_empty() {
-        return Ok(None);
+    match found.error().map(RDKafkaErrorCode::from) {
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => return Ok(Observed::Missing),
+        Some(_) => return Ok(Observed::NotReady),
+        None => {}
+    }
+    if found.partitions().is_empty() {
+        return Ok(Observed::NotReady);
     }
     let replication = found
         .partitions()
@@ -97,10 +119,32 @@ fn describe(
         .min()
         .unwrap_or(0);
     let partitions = i32::try_from(found.partitions().len()).unwrap_or(i32::MAX);
-    Ok(Some((
+    Ok(Observed::Layout(
         partitions,
         i32::try_from(replication).unwrap_or(i32::MAX),
-    )))
+    ))
+}
+
+/// The layout of a topic known to exist, waiting (up to `timeout`) for metadata that lags the
+/// controller: a topic just created by someone else can read as missing on another broker.
+async fn layout_of_existing(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(i32, i32), TopicError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Observed::Layout(partitions, replication) = describe(admin, topic, timeout)? {
+            return Ok((partitions, replication));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(TopicError::Unverified {
+                topic: topic.to_owned(),
+                timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn check(spec: &TopicSpec, actual: (i32, i32)) -> Result<(), TopicError> {
@@ -140,11 +184,19 @@ pub async fn ensure_topics_with(
     let admin: AdminClient<DefaultClientContext> = config.create()?;
     let mut outcomes = Vec::with_capacity(specs.len());
     for spec in specs {
-        if let Some(actual) = describe(&admin, &spec.name, timeout)? {
-            check(spec, actual)?;
-            tracing::debug!(topic = %spec.name, "topic exists with the expected layout");
-            outcomes.push(TopicOutcome::AlreadyMatching);
-            continue;
+        match describe(&admin, &spec.name, timeout)? {
+            Observed::Missing => {}
+            Observed::Layout(partitions, replication) => {
+                check(spec, (partitions, replication))?;
+                tracing::debug!(topic = %spec.name, "topic exists with the expected layout");
+                outcomes.push(TopicOutcome::AlreadyMatching);
+                continue;
+            }
+            Observed::NotReady => {
+                check(spec, layout_of_existing(&admin, &spec.name, timeout).await?)?;
+                outcomes.push(TopicOutcome::AlreadyMatching);
+                continue;
+            }
         }
         let new_topic = NewTopic::new(
             &spec.name,
@@ -164,11 +216,10 @@ pub async fn ensure_topics_with(
                     );
                     outcomes.push(TopicOutcome::Created);
                 }
-                // Someone else created it between our look and our request: verify theirs.
+                // It exists although our look missed it (someone created it meanwhile, or the
+                // broker we asked had not caught up yet): verify its layout, never assume it.
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                    if let Some(actual) = describe(&admin, &spec.name, timeout)? {
-                        check(spec, actual)?;
-                    }
+                    check(spec, layout_of_existing(&admin, &spec.name, timeout).await?)?;
                     outcomes.push(TopicOutcome::AlreadyMatching);
                 }
                 Err((topic, code)) => return Err(TopicError::CreateFailed { topic, code }),
