@@ -10,6 +10,10 @@
 # no before or after image): its default skips them, and a sink would then keep rows that PostgreSQL
 # no longer has.
 #
+# Incremental snapshots (`cdcconsumer resnapshot`): the connector reads signals from
+# public.debezium_signal (part of the publication) and reports their progress to the
+# notification topic (<prefix>.notifications, one partition so they stay in order).
+#
 # Settings (environment variables; defaults from stack/topology.env):
 #   CONNECT_URL            Kafka Connect REST endpoint            (http://127.0.0.1:8083)
 #   DATABASE_HOSTNAME      PostgreSQL host as Connect sees it     (127.0.0.1)
@@ -22,6 +26,8 @@
 #   DEBEZIUM_UNAVAILABLE_PLACEHOLDER  value sent for an unchanged TOASTed column
 #   KAFKA_MESSAGE_MAX_BYTES           largest record the connector may send (32 MiB)
 #   WAIT_SECONDS           how long to wait for RUNNING           (180)
+#   DEBEZIUM_SIGNAL_TABLE        signal table                     (public.debezium_signal)
+#   DEBEZIUM_NOTIFICATION_TOPIC  notification topic               (<prefix>.notifications)
 #   CONNECT_SECRETS_FILE   a properties file *as the Connect worker sees it* holding
 #                          `database.password=…`; the connector config then refers to it as
 #                          ${file:<path>:database.password} (the worker needs Kafka's
@@ -60,6 +66,8 @@ DECIMAL_HANDLING_MODE=${DECIMAL_HANDLING_MODE:-precise}
 UNAVAILABLE_PLACEHOLDER=${DEBEZIUM_UNAVAILABLE_PLACEHOLDER:-__cdc_unchanged_toast_6b1d0e57a2c94f38}
 MAX_MESSAGE_BYTES=${KAFKA_MESSAGE_MAX_BYTES:-33554432}
 WAIT_SECONDS=${WAIT_SECONDS:-180}
+SIGNAL_TABLE=${DEBEZIUM_SIGNAL_TABLE:-public.debezium_signal}
+NOTIFICATION_TOPIC=${DEBEZIUM_NOTIFICATION_TOPIC:-$TOPIC_PREFIX.notifications}
 KAFKA_TOPICS_CMD=${KAFKA_TOPICS_CMD:-}
 
 log() { printf '%s debezium-config: %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -109,6 +117,10 @@ if [[ -n $KAFKA_TOPICS_CMD ]]; then
             die "could not create topic $topic through $KAFKA_TOPICS_CMD"
         log "topic $topic present"
     done
+    "$KAFKA_TOPICS_CMD" --bootstrap-server "$KAFKA_BOOTSTRAP" --create --if-not-exists \
+        --topic "$NOTIFICATION_TOPIC" --partitions 1 --replication-factor "$RF" >/dev/null ||
+        die "could not create topic $NOTIFICATION_TOPIC through $KAFKA_TOPICS_CMD"
+    log "topic $NOTIFICATION_TOPIC present"
 fi
 
 # Every value is a string, as Kafka Connect expects. jq takes the values from its environment
@@ -119,6 +131,7 @@ config=$(
         PUBLICATION=$PUBLICATION DECIMAL_HANDLING_MODE=$DECIMAL_HANDLING_MODE \
         UNAVAILABLE_PLACEHOLDER=$UNAVAILABLE_PLACEHOLDER MAX_MESSAGE_BYTES=$MAX_MESSAGE_BYTES \
         HEARTBEAT_INTERVAL_MS=$HEARTBEAT_INTERVAL_MS RF=$RF PARTITIONS=$PARTITIONS \
+        SIGNAL_TABLE=$SIGNAL_TABLE NOTIFICATION_TOPIC=$NOTIFICATION_TOPIC \
         jq -n '{
   "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
   "tasks.max": "1",
@@ -142,6 +155,10 @@ config=$(
   "skipped.operations": "none",
   "heartbeat.interval.ms": env.HEARTBEAT_INTERVAL_MS,
   "heartbeat.action.query": "INSERT INTO public.debezium_heartbeat (id, ts) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET ts = EXCLUDED.ts",
+  "signal.enabled.channels": "source",
+  "signal.data.collection": env.SIGNAL_TABLE,
+  "notification.enabled.channels": "sink",
+  "notification.sink.topic.name": env.NOTIFICATION_TOPIC,
   "poll.interval.ms": "50",
   "max.batch.size": "2048",
   "max.queue.size": "8192",

@@ -1030,6 +1030,21 @@ cmd_chaos() {
     LOG_LEVEL="${LOG_LEVEL:-warn,chaos=info}" "${CARGO_TARGET_DIR:-$ROOT/target}/release/chaos" "$@"
 }
 
+# An online re-snapshot of one table (cdcconsumer resnapshot) with the stack's settings.
+cmd_resnapshot() {
+    local table=${1:-}
+    [[ -n $table && $table != -* ]] ||
+        die "usage: stack/stack.sh resnapshot <users|orders> [cdcconsumer resnapshot options]"
+    shift
+    apply_profile
+    need_build_deps
+    (cd "$ROOT" && cargo build --release --locked --quiet -p cdcconsumer --bin cdcconsumer) ||
+        die "cargo build -p cdcconsumer failed"
+    KAFKA_BROKERS="$KAFKA_BOOTSTRAP" \
+        DATABASE_URL="postgres://$POSTGRES_APP_USER:$POSTGRES_APP_PASSWORD@127.0.0.1:$POSTGRES_PORT/$POSTGRES_DB" \
+        "${CARGO_TARGET_DIR:-$ROOT/target}/release/cdcconsumer" resnapshot --table "$table" "$@"
+}
+
 usage() {
     cat <<EOF
 usage: stack/stack.sh <command>
@@ -1039,6 +1054,8 @@ usage: stack/stack.sh <command>
   test [cargo args]   bring the stack up (if needed) and run the whole test suite
   chaos [options]     the pipeline under seeded combined faults, then the full account
                       (--minutes N --rate R --seed S; --help for all)
+  resnapshot TABLE    re-read users or orders through Debezium while the pipeline runs, until
+                      cdcconsumer has applied it (cdcconsumer resnapshot options after TABLE)
   up                  fetch artifacts if needed, start every service, wait until all are healthy
                       (CDC_PROFILE=lite for 1 broker + 1 Cassandra node at RF 1)
   down [--wipe]       stop the services this stack started; --wipe also deletes all data
@@ -1069,6 +1086,7 @@ main() {
         pipeline) cmd_pipeline ;;
         test) cmd_test "$@" ;;
         chaos) cmd_chaos "$@" ;;
+        resnapshot) cmd_resnapshot "$@" ;;
         down) cmd_down "$@" ;;
         status) cmd_status ;;
         logs) apply_profile; cmd_logs "$@" ;;

@@ -1,5 +1,5 @@
-//! cdcconsumer's command line: the sink (no subcommand), `verify`, and `dlq list` / `dlq replay`
-//! for its dead letters.
+//! cdcconsumer's command line: the sink (no subcommand), `verify`, `dlq list` / `dlq replay`
+//! for its dead letters, and `resnapshot` of one table.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,10 @@ pub enum Command {
     /// The dead letters of the CDC topics: list them, or replay a selection to its source topics
     /// once the cause is fixed.
     Dlq(Box<DlqArgs>),
+    /// Read one table again through Debezium (an incremental snapshot) while the pipeline runs,
+    /// and wait until cdcconsumer has applied it. Exit status: 0 done, 1 refused or aborted, 2
+    /// could not finish.
+    Resnapshot(Box<crate::resnapshot::ResnapshotArgs>),
 }
 
 #[derive(Debug, clap::Args)]

@@ -11,5 +11,6 @@
 pub mod cassandra;
 pub mod cli;
 pub mod handler;
+pub mod resnapshot;
 pub mod slot;
 pub mod verify;

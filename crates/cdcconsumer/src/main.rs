@@ -1,8 +1,10 @@
 //! `cdcconsumer`: Debezium change events from Kafka into Cassandra, one worker per partition, and
 //! `cdcconsumer verify`, which proves Cassandra agrees with PostgreSQL, and `cdcconsumer dlq
-//! list|replay` for its dead letters. See the crate's library ([`cdcconsumer::cli`]).
+//! list|replay` for its dead letters, and `cdcconsumer resnapshot`, which reads one table again
+//! through Debezium while the pipeline runs. See the crate's library ([`cdcconsumer::cli`]).
 
 use cdcconsumer::cli::{self, Command, Options};
+use cdcconsumer::resnapshot;
 use clap::Parser;
 
 #[tokio::main]
@@ -16,6 +18,11 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Verify(args)) => {
             args.common.log.init();
             std::process::exit(cli::verify_exit_code(cli::verify(*args).await))
+        }
+        Some(Command::Resnapshot(args)) => {
+            args.log.init();
+            let outcome = resnapshot::run(&args, cdc_core::shutdown::install()).await;
+            std::process::exit(resnapshot::exit_code(&outcome))
         }
         Some(Command::Dlq(args)) => {
             args.command.log().init();

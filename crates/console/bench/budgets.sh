@@ -120,6 +120,15 @@ open_console() { # [console args]: the console, and chromium holding the overvie
     chromium_pid=$!
     sleep 3
 }
+# Kafka requests of the looks seen in 10 s (each look reports its own count).
+requests_per_look() {
+    local _
+    for _ in 1 2 3 4 5; do
+        curl -s "$URL/api/overview" |
+            python3 -c 'import json, sys; print(json.load(sys.stdin)["snapshot"]["kafka_requests"])' 2>/dev/null || true
+        sleep 2
+    done | sort -n | awk '{a[NR]=$1} END {if (NR) printf "%s (min %s, max %s)", a[int((NR+1)/2)], a[1], a[NR]}'
+}
 close_console() {
     local hwm
     hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$console_pid/status")
@@ -132,6 +141,7 @@ for round in $(seq 1 "$ROUNDS"); do
     without+=("$(window_cpu)")
     open_console
     with+=("$(window_cpu)")
+    echo "round $round: Kafka requests per look (median of 5): $(requests_per_look)"
     close_console
     # The overview page reads the collector's latest look and costs the brokers nothing, so this
     # window runs without the browser: at 20x chromium would compete with the brokers for the two

@@ -5,7 +5,8 @@
 //! backing services nothing; rates are differences between looks.
 //!
 //! A look asks Kafka about the pipeline's topics only, so its cost does not grow with the topics
-//! a cluster holds. Dead letters of other topics (tests, experiments) are found with a look at
+//! a cluster holds, and once warm only for what moves: the topics' metadata, latest offsets and
+//! the groups' committed offsets (earliest offsets and coordinators are remembered for 30 s). Dead letters of other topics (tests, experiments) are found with a look at
 //! the whole cluster every [`OTHERS_EVERY`], and shown from that look in between.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -160,6 +161,9 @@ pub struct Hop {
 pub struct Snapshot {
     pub at: String,
     pub took_ms: u128,
+    /// Requests this client sent to the brokers while the look ran (pages asking Kafka at the
+    /// same time count too).
+    pub kafka_requests: u64,
     pub services: Vec<ServiceState>,
     pub hops: Vec<Hop>,
     pub groups: Vec<GroupLag>,
@@ -321,6 +325,7 @@ impl Collector {
     pub async fn look(&self) {
         let started = Instant::now();
         let b = &self.backends;
+        let requests_before = b.wire.requests_sent();
         let groups: Vec<String> = self
             .names
             .pg_groups
@@ -338,7 +343,10 @@ impl Collector {
             let watched = self.names.watched_topics();
             let metadata = b.wire.metadata(Some(&watched)).await?;
             let topics: Vec<&str> = watched.iter().map(String::as_str).collect();
-            let marks = b.wire.watermarks(&metadata, &topics).await;
+            let marks = b
+                .wire
+                .watermarks_remembering_lows(&metadata, &topics, OTHERS_EVERY)
+                .await;
             let committed = b.wire.committed(&groups).await.ok();
             let others = if search_others {
                 self.other_dead_letters(&watched).await
@@ -656,6 +664,7 @@ impl Collector {
         state.snapshot = Some(Snapshot {
             at: Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string(),
             took_ms: started.elapsed().as_millis(),
+            kafka_requests: b.wire.requests_sent().saturating_sub(requests_before),
             services,
             hops,
             groups: groups_view,

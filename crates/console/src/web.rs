@@ -1304,6 +1304,7 @@ mod tests {
             snapshot: Some(Snapshot {
                 at: "now".to_owned(),
                 took_ms: 3,
+                kafka_requests: 6,
                 services: vec![
                     ServiceState {
                         name: "kafka1".to_owned(),

@@ -9,9 +9,9 @@
 //! time on each; every call bounded by the request timeout. Nothing here writes to Kafka.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -73,7 +73,22 @@ struct Inner {
     correlation: AtomicI32,
     connections: StdMutex<HashMap<String, Arc<Mutex<Option<TcpStream>>>>>,
     brokers: StdMutex<Brokers>,
+    /// Requests sent since start (every call, answered or not).
+    requests: AtomicU64,
+    /// Each group's coordinator and when it was found.
+    coordinators: StdMutex<BTreeMap<String, (String, Instant)>>,
+    /// Each partition's earliest offset and when it was asked.
+    lows: StdMutex<BTreeMap<(String, i32), (i64, Instant)>>,
 }
+
+/// How long a group's coordinator is trusted without asking again (an error asks at once).
+const COORDINATOR_TTL: Duration = Duration::from_secs(30);
+/// Kafka error codes that mean "ask for the coordinator again".
+const COORDINATOR_MOVED: [i16; 3] = [
+    14, // COORDINATOR_LOAD_IN_PROGRESS
+    15, // COORDINATOR_NOT_AVAILABLE
+    16, // NOT_COORDINATOR
+];
 
 /// Versions used: all supported by Kafka 3.7 and later (the stack runs 4.3).
 const METADATA_VERSION: i16 = 12;
@@ -88,6 +103,15 @@ const DESCRIBE_CONFIGS_VERSION: i16 = 4;
 /// `ListOffsets` timestamps that mean "the end" and "the start".
 pub const LATEST: i64 = -1;
 pub const EARLIEST: i64 = -2;
+
+/// Every partition of `topics` the metadata knows.
+fn partitions_of(metadata: &Metadata, topics: &[&str]) -> Vec<(String, i32)> {
+    topics
+        .iter()
+        .filter_map(|t| metadata.topic(t))
+        .flat_map(|t| t.partitions.iter().map(|p| (t.name.clone(), p.id)))
+        .collect()
+}
 
 fn str_bytes(text: &str) -> StrBytes {
     StrBytes::from_string(text.to_owned())
@@ -106,12 +130,20 @@ impl Wire {
                 correlation: AtomicI32::new(1),
                 connections: StdMutex::new(HashMap::new()),
                 brokers: StdMutex::new(Brokers::default()),
+                requests: AtomicU64::new(0),
+                coordinators: StdMutex::new(BTreeMap::new()),
+                lows: StdMutex::new(BTreeMap::new()),
             }),
         }
     }
 
     pub fn timeout(&self) -> Duration {
         self.inner.timeout
+    }
+
+    /// Requests sent to the brokers since this client was made.
+    pub fn requests_sent(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
     }
 
     fn connection(&self, broker: &str) -> Arc<Mutex<Option<TcpStream>>> {
@@ -147,6 +179,7 @@ impl Wire {
         Resp: Decodable + HeaderVersion,
     {
         let timeout = self.inner.timeout;
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
         let slot = self.connection(broker);
         let mut guard = slot.lock().await;
         let outcome = tokio::time::timeout(
@@ -390,11 +423,7 @@ impl Wire {
         metadata: &Metadata,
         topics: &[&str],
     ) -> BTreeMap<(String, i32), Watermarks> {
-        let partitions: Vec<(String, i32)> = topics
-            .iter()
-            .filter_map(|t| metadata.topic(t))
-            .flat_map(|t| t.partitions.iter().map(|p| (t.name.clone(), p.id)))
-            .collect();
+        let partitions = partitions_of(metadata, topics);
         let (low, high) = tokio::join!(
             self.list_offsets(metadata, &partitions, EARLIEST),
             self.list_offsets(metadata, &partitions, LATEST)
@@ -405,6 +434,60 @@ impl Wire {
                 let low = *low.get(&key)?;
                 let high = *high.get(&key)?;
                 Some((key, Watermarks { low, high }))
+            })
+            .collect()
+    }
+
+    /// [`Self::watermarks`] asking for earliest offsets only when the one known for a partition
+    /// is older than `lows_max_age`: they move only when retention or a deletion removes records,
+    /// while the latest move with every write. Messages counted from a remembered low can be
+    /// too many by what retention removed since, for at most `lows_max_age`.
+    pub async fn watermarks_remembering_lows(
+        &self,
+        metadata: &Metadata,
+        topics: &[&str],
+        lows_max_age: Duration,
+    ) -> BTreeMap<(String, i32), Watermarks> {
+        let partitions = partitions_of(metadata, topics);
+        let stale: Vec<(String, i32)> = {
+            let lows = self.inner.lows.lock().unwrap_or_else(|p| p.into_inner());
+            partitions
+                .iter()
+                .filter(|key| {
+                    lows.get(*key)
+                        .is_none_or(|(_, at)| at.elapsed() >= lows_max_age)
+                })
+                .cloned()
+                .collect()
+        };
+        let (fresh_lows, high) = tokio::join!(
+            async {
+                if stale.is_empty() {
+                    BTreeMap::new()
+                } else {
+                    self.list_offsets(metadata, &stale, EARLIEST).await
+                }
+            },
+            self.list_offsets(metadata, &partitions, LATEST)
+        );
+        let mut lows = self.inner.lows.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        for (key, low) in fresh_lows {
+            lows.insert(key, (low, now));
+        }
+        partitions
+            .into_iter()
+            .filter_map(|key| {
+                let low = lows.get(&key)?.0;
+                let high = *high.get(&key)?;
+                // A remembered low can pass a high that went back (a topic deleted and made again).
+                Some((
+                    key,
+                    Watermarks {
+                        low: low.min(high),
+                        high,
+                    },
+                ))
             })
             .collect()
     }
@@ -425,8 +508,50 @@ impl Wire {
             .collect())
     }
 
+    /// The coordinator of each group, from what is remembered when it is younger than
+    /// [`COORDINATOR_TTL`] (or asked again when `fresh`).
+    async fn coordinators_remembered(
+        &self,
+        groups: &[String],
+        fresh: bool,
+    ) -> Result<BTreeMap<String, String>, WireError> {
+        let mut found = BTreeMap::new();
+        let mut missing = Vec::new();
+        {
+            let known = self
+                .inner
+                .coordinators
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for group in groups {
+                match known.get(group) {
+                    Some((broker, at)) if !fresh && at.elapsed() < COORDINATOR_TTL => {
+                        found.insert(group.clone(), broker.clone());
+                    }
+                    _ => missing.push(group.clone()),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let asked = self.coordinators(&missing).await?;
+            let mut known = self
+                .inner
+                .coordinators
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            for (group, broker) in asked {
+                known.insert(group.clone(), (broker.clone(), now));
+                found.insert(group, broker);
+            }
+        }
+        Ok(found)
+    }
+
     /// Committed offsets of every partition each group has committed, asked of each group's
-    /// coordinator (one request per coordinator for all its groups).
+    /// coordinator (one request per coordinator for all its groups). Coordinators are remembered
+    /// for [`COORDINATOR_TTL`]; when one does not answer or says it no longer coordinates a
+    /// group, they are asked for again and the offsets asked once more.
     pub async fn committed(
         &self,
         groups: &[String],
@@ -434,7 +559,21 @@ impl Wire {
         if groups.is_empty() {
             return Ok(BTreeMap::new());
         }
-        let coordinators = self.coordinators(groups).await?;
+        match self.committed_once(groups, false).await {
+            Ok(committed) => Ok(committed),
+            Err(error) => {
+                tracing::debug!(error = %error, "committed offsets: asking for coordinators again");
+                self.committed_once(groups, true).await
+            }
+        }
+    }
+
+    async fn committed_once(
+        &self,
+        groups: &[String],
+        fresh: bool,
+    ) -> Result<BTreeMap<String, BTreeMap<(String, i32), i64>>, WireError> {
+        let coordinators = self.coordinators_remembered(groups, fresh).await?;
         let mut by_coordinator: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (group, broker) in coordinators {
             by_coordinator.entry(broker).or_default().push(group);
@@ -463,6 +602,12 @@ impl Wire {
         for response in futures::future::join_all(calls).await {
             let response = response?;
             for group in response.groups {
+                if COORDINATOR_MOVED.contains(&group.error_code) {
+                    return Err(WireError::Kafka {
+                        code: group.error_code,
+                        context: format!("fetching offsets of group `{}`", group.group_id.0),
+                    });
+                }
                 if group.error_code != 0 {
                     continue;
                 }

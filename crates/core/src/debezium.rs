@@ -75,6 +75,10 @@ pub struct Source {
     pub ts_us: Option<i64>,
     /// `true`, `first`, `last`, `incremental`, … while snapshotting; `false` when streaming.
     pub snapshot: Option<String>,
+    /// The highest position in `source.sequence` (a JSON array, as a string, of the last commit
+    /// LSN and the LSN, each a string or null). An incremental snapshot's reads have no `lsn`;
+    /// their `sequence` is the stream's position when the chunk was sent: where its window ended.
+    pub sequence: Option<i64>,
 }
 
 impl Source {
@@ -351,7 +355,21 @@ fn source(value: &Value) -> Result<Source, EnvelopeError> {
             .ok_or_else(|| EnvelopeError::NotAnEnvelope("source without ts_ms".into()))?,
         ts_us: int("ts_us"),
         snapshot: text("snapshot"),
+        sequence: object
+            .get("sequence")
+            .and_then(Value::as_str)
+            .and_then(sequence_position),
     })
+}
+
+/// The highest LSN of a `source.sequence` such as `["316748056","316748112"]`.
+fn sequence_position(text: &str) -> Option<i64> {
+    let items: Vec<Option<String>> = serde_json::from_str(text).ok()?;
+    items
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item.parse::<i64>().ok())
+        .max()
 }
 
 /// Parses one record: `key` and `value` as they came from Kafka (`value` None for a tombstone).
@@ -642,6 +660,18 @@ pub enum Cell {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_sequence_gives_its_highest_position() {
+        assert_eq!(
+            super::sequence_position(r#"["316748056","316748112"]"#),
+            Some(316_748_112)
+        );
+        assert_eq!(super::sequence_position(r#"[null,"42"]"#), Some(42));
+        assert_eq!(super::sequence_position("[null,null]"), None);
+        assert_eq!(super::sequence_position("not json"), None);
+        assert_eq!(super::sequence_position(r#"["x"]"#), None);
+    }
+
     use super::*;
 
     #[test]
@@ -714,6 +744,7 @@ mod tests {
             Field::Value(Cell::Timestamp(_))
         ));
         assert_eq!(change.source.lsn, Some(42));
+        assert_eq!(change.source.sequence, None);
         assert!(after.get("missing", ColumnType::Text).is_err());
         assert!(after.get("flag", ColumnType::Uuid).is_err());
         Ok(())

@@ -932,3 +932,53 @@ async fn with_connect_stopped_the_overview_renders_within_2_s_and_names_it() -> 
     .await
     .with_context(|| console.process.log_tail(40))
 }
+
+// --- What a look costs the brokers -----------------------------------------------------------------
+
+/// Once warm, a look asks Kafka for the pipeline topics' metadata, their latest offsets (one
+/// request per leader) and the groups' committed offsets (one request per coordinator) — and
+/// nothing else: earliest offsets and coordinators are remembered between looks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_look_asks_kafka_only_for_metadata_latest_and_committed_offsets() -> Result<()> {
+    let _serial = serial().await;
+    let _shared = shared().await;
+    let stack = Stack::from_env()?;
+    let console = Console::start(&stack, &[]).await?;
+    let mut looks: std::collections::BTreeMap<String, (u64, usize)> = Default::default();
+    let started = Instant::now();
+    while looks.len() < 8 && started.elapsed() < Duration::from_secs(40) {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (status, body) = http_get(&console.address, "/api/overview").await?;
+        ensure!(status == 200, "/api/overview answered {status}: {body}");
+        let overview: serde_json::Value = serde_json::from_str(&body)?;
+        let Some(snapshot) = overview.get("snapshot").filter(|s| !s.is_null()) else {
+            continue;
+        };
+        let at = snapshot["at"].as_str().unwrap_or_default().to_owned();
+        let requests = snapshot["kafka_requests"]
+            .as_u64()
+            .with_context(|| format!("no kafka_requests in {snapshot}"))?;
+        let groups = snapshot["groups"].as_array().map_or(0, Vec::len);
+        looks.entry(at).or_insert((requests, groups));
+    }
+    // The first looks find coordinators and earliest offsets; later ones must not ask again.
+    let warm: Vec<(u64, usize)> = looks.values().skip(2).copied().collect();
+    ensure!(
+        warm.len() >= 4,
+        "too few looks seen: {looks:?}\n{}",
+        console.process.log_tail(30)
+    );
+    let groups = warm.iter().map(|(_, g)| *g).max().unwrap_or(0);
+    let bound = 1 + stack.broker_count + groups;
+    let mut counts: Vec<u64> = warm.iter().map(|(r, _)| *r).collect();
+    counts.sort_unstable();
+    let median = counts[counts.len() / 2];
+    eprintln!("Kafka requests per look: {counts:?} (bound {bound})");
+    ensure!(
+        usize::try_from(median)? <= bound,
+        "a warm look sent {median} requests (looks {counts:?}); at most {bound} expected: \
+         metadata, latest offsets from {} leaders, committed offsets from {groups} coordinators",
+        stack.broker_count
+    );
+    Ok(())
+}

@@ -181,7 +181,13 @@ pub fn plan(record: &Record, encoding: &Encoding) -> Result<Planned, PlanError> 
         Record::Change(change) => change,
     };
     let table = table_of(change)?;
-    let lsn = change.source.lsn.ok_or(PlanError::NoPosition)?;
+    // An incremental snapshot's reads carry no `lsn`; their `sequence` says where the chunk's
+    // window ended, which is all a read's position is used for (see `Plan::fill`).
+    let lsn = match (change.source.lsn, change.op) {
+        (Some(lsn), _) => lsn,
+        (None, Op::Read) => change.source.sequence.ok_or(PlanError::NoPosition)?,
+        (None, _) => return Err(PlanError::NoPosition),
+    };
     let commit_micros = change.source.commit_micros();
     let missing = |image: &'static str| EnvelopeError::MissingImage {
         op: change.op,
@@ -541,6 +547,34 @@ mod tests {
         let mut record = fixture("orders_c");
         payload(&mut record)["after"]["quantity"] = Value::from(1_i64 << 40);
         assert_eq!(planned(&record).map_err(|e| e.reason()), Err("bad_value"));
+    }
+
+    #[test]
+    fn an_incremental_snapshot_read_takes_its_position_from_the_sequence() {
+        let mut record = fixture("orders_r");
+        let source = payload(&mut record)["source"]
+            .as_object_mut()
+            .expect("source");
+        source.insert("lsn".into(), Value::Null);
+        source.insert("snapshot".into(), Value::from("incremental"));
+        source.insert(
+            "sequence".into(),
+            Value::from(r#"["316748056","316748112"]"#),
+        );
+        let read = writes(&record);
+        assert!(read.fill);
+        assert_eq!(read.lsn, 316_748_112);
+        // Without a sequence it has no position at all.
+        payload(&mut record)["source"]["sequence"] = Value::Null;
+        assert_eq!(planned(&record), Err(PlanError::NoPosition));
+        // A change is never placed by its sequence.
+        let mut record = fixture("users_u");
+        let source = payload(&mut record)["source"]
+            .as_object_mut()
+            .expect("source");
+        source.remove("lsn");
+        source.insert("sequence".into(), Value::from(r#"["1","2"]"#));
+        assert_eq!(planned(&record), Err(PlanError::NoPosition));
     }
 
     #[test]
