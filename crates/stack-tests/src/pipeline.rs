@@ -151,6 +151,15 @@ impl Pipeline {
         Ok(verified)
     }
 
+    /// A reader of the pipeline's keyspace at QUORUM.
+    pub fn quorum(&self) -> crate::rows::CassandraReader<'_> {
+        crate::rows::CassandraReader::new(
+            &self.cassandra,
+            KEYSPACE,
+            scylla::statement::Consistency::Quorum,
+        )
+    }
+
     /// Rows in PostgreSQL's users and orders.
     pub async fn pg_counts(&self) -> Result<(u64, u64)> {
         let (users, orders): (i64, i64) =

@@ -59,10 +59,6 @@ fn seed() -> u64 {
     )
 }
 
-fn quorum(pipeline: &Pipeline) -> CassandraReader<'_> {
-    CassandraReader::new(&pipeline.cassandra, KEYSPACE, Consistency::Quorum)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 // ---------------------------------------------------------------------------------------------
@@ -182,7 +178,7 @@ async fn ten_thousand_events_through_every_hop_end_in_cassandra() -> Result<()> 
     nothing_dead_lettered(&summary)?;
 
     // Row counts straight from both stores, then every generated entity against the model.
-    let reader = quorum(&pipeline);
+    let reader = pipeline.quorum();
     let (pg_users, pg_orders) = pipeline.pg_counts().await?;
     let counts = (
         reader.count(&USERS).await?,
@@ -311,7 +307,7 @@ async fn changes_made_directly_in_sql_are_replicated() -> Result<()> {
     tx.commit().await?;
 
     pipeline.verify(&Pipeline::cdc_groups(), "quorum").await?;
-    let reader = quorum(&pipeline);
+    let reader = pipeline.quorum();
     let user_ids = [a, b, c, d, e];
     let order_ids = [a1, a2, b1, c1, c2, d1, d2, e1, e2, e3];
     let pg_u = pg_rows(pool, &USERS, Some(&user_ids), Precision::Millis).await?;
@@ -431,7 +427,7 @@ async fn edge_values_are_mirrored_exactly_or_refused_by_postgresql() -> Result<(
         }
     }
     pipeline.verify(&Pipeline::cdc_groups(), "quorum").await?;
-    let reader = quorum(&pipeline);
+    let reader = pipeline.quorum();
     let mut problems = differences(
         "user",
         &pg_rows(pool, &USERS, Some(&[u]), Precision::Millis).await?,
@@ -471,7 +467,7 @@ async fn a_replay_from_the_earliest_offset_changes_nothing() -> Result<()> {
     let sink = pipeline.start_sink(CDC_GROUP)?;
     pipeline.verify(&Pipeline::cdc_groups(), "quorum").await?;
     stop_sink(sink).await?;
-    let reader = quorum(&pipeline);
+    let reader = pipeline.quorum();
     written.check_cassandra(&reader).await?;
     let before = reader.snapshot().await?;
     let records =
@@ -525,7 +521,7 @@ async fn kafka_connect_killed_mid_stream_then_restarted_loses_nothing() -> Resul
     let sink = pipeline.start_sink(CDC_GROUP)?;
     let writer = SqlWriter::start(pipeline.pool.clone(), 5_000, Duration::from_millis(40));
     // Changes flow end to end before the fault.
-    let reader = quorum(&pipeline);
+    let reader = pipeline.quorum();
     let first = writer.ids.user(10);
     wait_for(
         "the writer's rows to reach Cassandra",
@@ -650,7 +646,7 @@ async fn cdcconsumer_killed_mid_backlog_then_restarted_ends_exact() -> Result<()
         + records_since(&pipeline.stack, CDC_ORDERS, &starts[1])?.len();
     eprintln!("backlog of {backlog} changes");
 
-    let reader = quorum(&pipeline);
+    let reader = pipeline.quorum();
     let sink = pipeline.start_sink(CDC_GROUP)?;
     let sample: Vec<Uuid> = orders.iter().step_by(40).copied().collect();
     wait_for(
@@ -695,7 +691,7 @@ async fn a_cassandra_node_stopped_during_the_run_converges_once_back() -> Result
     }
     let sink = pipeline.start_sink(CDC_GROUP)?;
     let writer = SqlWriter::start(pipeline.pool.clone(), 5_000, Duration::from_millis(40));
-    let quorum = quorum(&pipeline);
+    let quorum = pipeline.quorum();
     let first = writer.ids.user(5);
     wait_for(
         "the writer's rows to reach Cassandra",
@@ -1059,7 +1055,7 @@ async fn hostile_cdc_records_are_dead_lettered_and_valid_changes_applied() -> Re
         .run_sink_until_idle(5, Duration::from_secs(180))
         .await?;
     pipeline.verify(&Pipeline::cdc_groups(), "quorum").await?;
-    let reader = quorum(&pipeline);
+    let reader = pipeline.quorum();
     ensure_no_differences(&differences(
         "user",
         &pg_rows(pool, &USERS, Some(&[h, i]), Precision::Millis).await?,
@@ -1162,7 +1158,7 @@ async fn truncate_in_postgres_empties_cassandra_then_new_rows_follow() -> Result
     nothing_dead_lettered(&summary)?;
     eprintln!("truncated {users_before} users and {orders_before} orders");
     ensure!(pipeline.pg_counts().await? == (1, 2));
-    let reader = quorum(&pipeline);
+    let reader = pipeline.quorum();
     let counts = (
         reader.count(&USERS).await?,
         reader.count(&ORDERS).await?,
@@ -1365,7 +1361,7 @@ async fn the_sink_starts_while_a_cassandra_node_hangs() -> Result<()> {
         .await?;
         let mut connection = pipeline.pool.acquire().await?;
         insert_user(&mut connection, user, &unique_name("hung node")).await?;
-        let reader = quorum(&pipeline);
+        let reader = pipeline.quorum();
         wait_for("the row in Cassandra", Duration::from_secs(120), || async {
             Ok((reader.rows(&USERS, &[user]).await?.len() == 1).then_some(()))
         })
@@ -1708,116 +1704,5 @@ async fn decimal_mode_scenario(
         "the replays parked changes again"
     );
     ensure!(dead_letters(&pipeline.stack, &cdc_core::dlq::topic_for(users_topic))?.is_empty());
-    Ok(())
-}
-
-/// `cdcconsumer resnapshot --table users` while the same rows are being updated: Cassandra's
-/// users table is emptied behind the pipeline's back (a lost table), half of the test's users
-/// are updated in turn (ten every 100 ms) during the re-snapshot, and at the end every row is back with
-/// PostgreSQL's latest values — the reads filled what was missing and never overwrote a newer
-/// change. The command's own report names the rows Debezium read.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_online_resnapshot_restores_a_lost_table_while_its_rows_change() -> Result<()> {
-    let _exclusive = exclusive().await;
-    let pipeline = Pipeline::new().await?;
-    let pool = pipeline.pool.clone();
-    let sink = pipeline.start_sink(CDC_GROUP)?;
-    let ids: Vec<Uuid> = (0..400).map(|_| Uuid::new_v4()).collect();
-    let mut tx = pool.begin().await?;
-    for (i, id) in ids.iter().enumerate() {
-        insert_user(&mut tx, *id, &format!("resnapshot {i}")).await?;
-    }
-    tx.commit().await?;
-    pipeline.verify(&Pipeline::cdc_groups(), "quorum").await?;
-
-    // The lost table.
-    let mut truncate = scylla::statement::unprepared::Statement::new(format!(
-        "TRUNCATE {KEYSPACE}.{}",
-        USERS.name
-    ));
-    truncate.set_request_timeout(Some(Duration::from_secs(60)));
-    pipeline.cassandra.query_unpaged(truncate, ()).await?;
-    let left = quorum(&pipeline).count(&USERS).await?;
-    ensure!(left == 0, "{left} users left in Cassandra after TRUNCATE");
-
-    // Writes to the same rows during the re-snapshot.
-    let stop = tokio_util::sync::CancellationToken::new();
-    let changing: Vec<Uuid> = ids.iter().step_by(2).copied().collect();
-    let updater = {
-        let (pool, stop, changing) = (pool.clone(), stop.clone(), changing.clone());
-        tokio::spawn(async move {
-            // Ten rows every 100 ms, in turn: about 100 changes a second, a load the capture
-            // keeps up with (a flood of changes would only delay the snapshot's windows).
-            let mut rounds = 0_u64;
-            while !stop.is_cancelled() {
-                let from = usize::try_from(rounds * 10)? % changing.len();
-                let batch: Vec<Uuid> = changing
-                    .iter()
-                    .cycle()
-                    .skip(from)
-                    .take(10)
-                    .copied()
-                    .collect();
-                rounds += 1;
-                sqlx::query(
-                    "UPDATE users SET name = 'changed ' || $2::text, updated_at = now(), \
-                     version = version + 1 WHERE id = ANY($1)",
-                )
-                .bind(&batch)
-                .bind(rounds.to_string())
-                .execute(&pool)
-                .await?;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            anyhow::Ok(rounds)
-        })
-    };
-    let mut command = process::command(&pipeline.stack, &workspace_binary("cdcconsumer")?);
-    command
-        .arg("resnapshot")
-        .arg("--table")
-        .arg("users")
-        .arg("--group")
-        .arg(CDC_GROUP)
-        .arg("--timeout")
-        .arg("5m");
-    let resnapshot = Process::spawn("cdcconsumer resnapshot", command)?
-        .run_to_end(Duration::from_secs(360))
-        .await;
-    stop.cancel();
-    let rounds = updater.await??;
-    let stdout = resnapshot?;
-    let report = stdout
-        .lines()
-        .find(|l| l.starts_with("resnapshot: table=public.users"))
-        .with_context(|| format!("no report line:\n{stdout}"))?;
-    let (users, _) = pipeline.pg_counts().await?;
-    let rows: u64 = report
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("rows="))
-        .and_then(|r| r.parse().ok())
-        .with_context(|| format!("no row count in `{report}`"))?;
-    ensure!(
-        rows >= users,
-        "Debezium read {rows} rows of {users}: `{report}`"
-    );
-    eprintln!(
-        "{report}; {rounds} rounds of updates to {} users meanwhile",
-        changing.len()
-    );
-    ensure!(
-        rounds >= 3,
-        "only {rounds} rounds of updates ran during the re-snapshot"
-    );
-
-    pipeline.verify(&Pipeline::cdc_groups(), "quorum").await?;
-    let reader = quorum(&pipeline);
-    ensure_no_differences(&differences(
-        "user",
-        &pg_rows(&pool, &USERS, Some(&ids), Precision::Millis).await?,
-        &reader.rows(&USERS, &ids).await?,
-    ))?;
-    let summary = stop_sink(sink).await?;
-    nothing_dead_lettered(&summary)?;
     Ok(())
 }
