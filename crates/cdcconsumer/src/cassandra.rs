@@ -32,13 +32,23 @@ pub const SCHEMA: &str = include_str!("../../../cassandra-schema.cql");
 /// cell as it is, [`Field::Null`] writes a null.
 pub type Col = Field<CqlValue>;
 
+/// A column added to a captured table after the description ([`crate::columns`]), and its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtraCell {
+    pub name: Arc<str>,
+    pub ty: tables::ColumnType,
+    pub value: Col,
+}
+
 /// One Cassandra mutation, stamped with the source position of the change that caused it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
-    /// Every column of `table`, in the description's order.
+    /// Every column of `table`, in the description's order, and the added columns the change
+    /// carried.
     Upsert {
         table: &'static Table,
         cells: Vec<Col>,
+        extra: Vec<ExtraCell>,
     },
     /// The row of `table` with this key (the key columns' values, in key order).
     Delete {
@@ -64,7 +74,7 @@ impl Write {
     pub fn key(&self) -> Vec<CqlValue> {
         match self {
             Self::Delete { key, .. } => key.clone(),
-            Self::Upsert { table, cells } => table
+            Self::Upsert { table, cells, .. } => table
                 .key
                 .iter()
                 .filter_map(|name| table.position(name))
@@ -79,7 +89,14 @@ impl Write {
     /// The cell of column `name` in an upsert.
     pub fn cell(&self, name: &str) -> Option<&Col> {
         match self {
-            Self::Upsert { table, cells } => table.position(name).and_then(|at| cells.get(at)),
+            Self::Upsert {
+                table,
+                cells,
+                extra,
+            } => table
+                .position(name)
+                .and_then(|at| cells.get(at))
+                .or_else(|| extra.iter().find(|e| &*e.name == name).map(|e| &e.value)),
             Self::Delete { .. } => None,
         }
     }
@@ -107,6 +124,10 @@ pub enum CassandraError {
     Read(String),
     #[error("Cassandra did not reach schema agreement: {0}")]
     Schema(String),
+    /// A column cannot be added as asked (a name Cassandra cannot take unquoted, or a column of
+    /// that name with another type): retrying cannot help.
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Access(#[from] AccessError),
 }
@@ -134,7 +155,7 @@ impl Classify for CassandraError {
     /// Everything that is not the written value's own fault may pass, or be fixed while the
     /// partition waits: it is retried, and past the retry budget the worker gives up visibly.
     fn is_transient(&self) -> bool {
-        !self.is_record_fault()
+        !self.is_record_fault() && !matches!(self, Self::Conflict(_))
     }
 }
 
@@ -273,6 +294,10 @@ struct TableStatements {
 #[derive(Debug, Clone)]
 pub struct Statements {
     tables: Vec<TableStatements>,
+    keyspace: String,
+    consistency: Consistency,
+    /// Upserts that also write added columns, by statement text, prepared when first needed.
+    with_extras: Arc<std::sync::Mutex<std::collections::HashMap<String, PreparedStatement>>>,
     set_truncation: PreparedStatement,
     truncations: PreparedStatement,
     source_identifier: PreparedStatement,
@@ -330,6 +355,9 @@ impl Statements {
         }
         Ok(Self {
             tables: prepared,
+            keyspace: keyspace.to_owned(),
+            consistency,
+            with_extras: Arc::default(),
             set_truncation: prepare(format!(
                 "INSERT INTO {keyspace}.truncations (table_name, lsn) VALUES (?, ?) USING TIMESTAMP ?"
             ))
@@ -364,11 +392,19 @@ impl Statements {
             CassandraError::Read(format!("no statements for {}", write.table().name))
         })?;
         match write {
-            Write::Upsert { cells, .. } => {
-                let mut values: Vec<MaybeUnset<Option<CqlValue>>> =
-                    cells.iter().map(bind).collect();
+            Write::Upsert { cells, extra, .. } => {
+                let mut values: Vec<MaybeUnset<Option<CqlValue>>> = cells
+                    .iter()
+                    .chain(extra.iter().map(|e| &e.value))
+                    .map(bind)
+                    .collect();
                 values.push(MaybeUnset::Set(Some(CqlValue::BigInt(ts))));
-                session.execute_unpaged(&statements.upsert, values).await?;
+                if extra.is_empty() {
+                    session.execute_unpaged(&statements.upsert, values).await?;
+                } else {
+                    let upsert = self.upsert_with(session, write.table(), extra).await?;
+                    session.execute_unpaged(&upsert, values).await?;
+                }
             }
             Write::Delete { key, .. } => {
                 let mut values = Vec::with_capacity(key.len() + 1);
@@ -378,6 +414,43 @@ impl Statements {
             }
         }
         Ok(())
+    }
+
+    /// The upsert of every column of `table` and the added columns `extra`, in that order.
+    async fn upsert_with(
+        &self,
+        session: &Session,
+        table: &Table,
+        extra: &[ExtraCell],
+    ) -> Result<PreparedStatement, CassandraError> {
+        let mut columns = table.column_list();
+        for cell in extra {
+            columns.push_str(", ");
+            columns.push_str(&cell.name);
+        }
+        let marks = vec!["?"; table.columns.len() + extra.len()].join(", ");
+        let text = format!(
+            "INSERT INTO {}.{} ({columns}) VALUES ({marks}) USING TIMESTAMP ?",
+            self.keyspace, table.name
+        );
+        let known = self
+            .with_extras
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&text)
+            .cloned();
+        if let Some(statement) = known {
+            return Ok(statement);
+        }
+        let mut statement = session.prepare(text.clone()).await?;
+        statement.set_consistency(self.consistency);
+        statement.set_is_idempotent(true);
+        statement.set_request_timeout(Some(Duration::from_secs(10)));
+        self.with_extras
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(text, statement.clone());
+        Ok(statement)
     }
 
     /// Records that `table` was truncated at `lsn` (the highest such LSN wins).

@@ -1,5 +1,5 @@
 //! cdcconsumer's command line: the sink (no subcommand), `verify`, `dlq list` / `dlq replay`
-//! for its dead letters, and `resnapshot` of one table.
+//! for its dead letters, `resnapshot` of one table, and `columns` added since the description.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use clap::{Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::cassandra::{self, CassandraArgs, Statements};
+use crate::columns::MirroredColumns;
 use crate::handler::gates::KeyGates;
 use crate::handler::positions::PositionGuard;
 use crate::handler::{self, CdcHandler, CdcMetrics};
@@ -50,6 +51,9 @@ pub enum Command {
     /// and wait until cdcconsumer has applied it. Exit status: 0 done, 1 refused or aborted, 2
     /// could not finish.
     Resnapshot(Box<crate::resnapshot::ResnapshotArgs>),
+    /// Columns added to the captured tables since the description: list them, or drop one
+    /// PostgreSQL no longer has. Exit status: 0 done, 1 refused, 2 could not.
+    Columns(Box<crate::columns::ColumnsArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -326,7 +330,11 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     } else {
         None
     };
+    let columns = MirroredColumns::load(&session, &args.common.cassandra.keyspace)
+        .await
+        .context("reading the mirrored columns (mirrored_columns in cassandra-schema.cql)")?;
     let handler = Arc::new(CdcHandler {
+        columns: Arc::new(columns),
         session: Arc::new(session),
         statements,
         dlq,

@@ -10,6 +10,7 @@
 
 pub mod cassandra;
 pub mod cli;
+pub mod columns;
 pub mod handler;
 pub mod resnapshot;
 pub mod slot;

@@ -106,6 +106,7 @@ mod tests {
             extra: 0,
             different: 0,
             different_columns: BTreeMap::new(),
+            schema_problems: Vec::new(),
             examples: Vec::new(),
         }
     }

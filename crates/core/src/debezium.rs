@@ -103,6 +103,8 @@ pub struct Image {
 /// The parts of a column's Connect schema that decide its decoding.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct ColumnSchema {
+    /// Connect type (`string`, `int32`, `bytes`, …).
+    kind: Option<String>,
     /// Logical type (`io.debezium.time.Date`, `org.apache.kafka.connect.data.Decimal`, …).
     name: Option<String>,
     /// `parameters.scale` of a decimal, as sent.
@@ -115,6 +117,8 @@ struct ColumnSchema {
 struct SchemaNode<'a> {
     #[serde(borrow, default)]
     field: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -153,6 +157,7 @@ impl SchemaNode<'_> {
             .iter()
             .filter_map(|f| {
                 let column = ColumnSchema {
+                    kind: f.kind.as_deref().map(str::to_owned),
                     name: f.name.as_deref().map(str::to_owned),
                     scale: f
                         .parameters
@@ -280,6 +285,46 @@ fn bad(column: &str, problem: impl Into<String>) -> EnvelopeError {
     }
 }
 
+/// What a column's Connect schema makes of it: a type the pipeline mirrors, or a description of
+/// one it does not (`float64`, `string io.debezium.data.Json`, a numeric without a fixed scale).
+pub type Declared = Result<ColumnType, String>;
+
+/// The pipeline type of a column whose Connect type is `kind` and logical type `logical`, as the
+/// PostgreSQL connector encodes it (`time.precision.mode` adaptive or connect,
+/// `decimal.handling.mode` precise or string).
+fn declared_type(kind: &str, logical: Option<&str>, scale: Option<&str>) -> Declared {
+    Ok(match (kind, logical) {
+        ("string", Some("io.debezium.data.Uuid")) => ColumnType::Uuid,
+        ("string", Some("io.debezium.time.ZonedTimestamp")) => ColumnType::TimestampTz,
+        ("int32", Some("io.debezium.time.Date" | "org.apache.kafka.connect.data.Date")) => {
+            ColumnType::Date
+        }
+        (
+            "int64",
+            Some(
+                "io.debezium.time.Timestamp"
+                | "io.debezium.time.MicroTimestamp"
+                | "io.debezium.time.NanoTimestamp"
+                | "org.apache.kafka.connect.data.Timestamp",
+            ),
+        ) => ColumnType::Timestamp,
+        ("bytes", Some("org.apache.kafka.connect.data.Decimal")) => match scale
+            .and_then(|s| s.parse().ok())
+        {
+            Some(scale) => ColumnType::Numeric { scale },
+            None => {
+                return Err("bytes org.apache.kafka.connect.data.Decimal without a scale".into())
+            }
+        },
+        ("string", None) => ColumnType::Text,
+        ("int64", None) => ColumnType::BigInt,
+        ("int32" | "int16" | "int8", None) => ColumnType::Int,
+        ("boolean", None) => ColumnType::Bool,
+        (kind, Some(logical)) => return Err(format!("{kind} {logical}")),
+        (kind, None) => return Err(kind.to_owned()),
+    })
+}
+
 /// Splits `{"schema": …, "payload": …}` into its parts; a bare payload has no schema.
 fn unwrap_schema(document: Value) -> (Value, Option<Value>) {
     match document {
@@ -303,6 +348,7 @@ fn columns_of(struct_schema: Option<&Value>) -> BTreeMap<String, ColumnSchema> {
                 .iter()
                 .filter_map(|f| {
                     let column = ColumnSchema {
+                        kind: f.get("type").and_then(Value::as_str).map(str::to_owned),
                         name: f.get("name").and_then(Value::as_str).map(str::to_owned),
                         scale: f
                             .get("parameters")
@@ -457,6 +503,28 @@ impl Image {
             .ok_or_else(|| EnvelopeError::MissingColumn {
                 column: column.to_owned(),
             })
+    }
+
+    /// Whether the record embedded this image's Connect schema: only then does it say which
+    /// columns the table has.
+    pub fn has_schema(&self) -> bool {
+        !self.schemas.is_empty()
+    }
+
+    /// The columns the embedded schema declares (none without a schema), in name order.
+    pub fn declared_columns(&self) -> impl Iterator<Item = &str> {
+        self.schemas.keys().map(String::as_str)
+    }
+
+    /// The type the embedded schema gives `column`, as the pipeline mirrors it; `None` when the
+    /// schema does not declare the column (or there is no schema).
+    pub fn declared(&self, column: &str) -> Option<Declared> {
+        let schema = self.schemas.get(column)?;
+        Some(declared_type(
+            schema.kind.as_deref().unwrap_or("?"),
+            schema.name.as_deref(),
+            schema.scale.as_deref(),
+        ))
     }
 
     /// Logical type name from the embedded schema (`io.debezium.time.Date`, …), if any.

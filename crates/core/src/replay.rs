@@ -18,6 +18,7 @@ use std::fmt::{self, Write as _};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures::stream::{FuturesOrdered, StreamExt};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -479,7 +480,20 @@ impl ReplayReport {
     pub fn replayed_total(&self) -> u64 {
         self.replayed.values().sum()
     }
+
+    /// Counts `letter` (parked at `from`) as replayed, or to be replayed (`verb`).
+    fn note(&mut self, from: &str, letter: &Parked, verb: &str) {
+        self.lines.push(format!(
+            "{verb} {from} to {}/{} reason={}",
+            letter.source_topic, letter.source_partition, letter.reason
+        ));
+        *self.replayed.entry(letter.reason.clone()).or_default() += 1;
+    }
 }
+
+/// Dead letters being re-published at once: waiting for each acknowledgement in turn made a
+/// replay of tens of thousands take minutes.
+const REPLAY_WINDOW: usize = 256;
 
 impl fmt::Display for ReplayReport {
     /// The per-record lines, then `replay: matched=N replayed=N skipped=N unreadable=N
@@ -509,7 +523,7 @@ impl fmt::Display for ReplayReport {
 
 /// Replays the dead letters `selection` picks (the oldest `limit` of them) from the dead-letter
 /// topics of `defaults` (or of `--source-topic`); with `dry_run`, only says what it would do.
-/// Stops at the first write that fails.
+/// Stops sending at the first write that fails (what was already in flight is waited for).
 pub async fn replay(
     kafka: &ClientConfig,
     defaults: &[String],
@@ -529,33 +543,61 @@ pub async fn replay(
         dry_run,
         ..ReplayReport::default()
     };
+    let mut replayable = Vec::new();
     for (source, listing) in topics {
         report.matched += listing.counts.values().sum::<u64>();
         report.unreadable += listing.unreadable.len() as u64;
         for letter in listing.letters {
             let from = place(&letter.dlq_topic, letter.dlq_partition, letter.dlq_offset);
-            if let Some(why) = unreplayable(&letter, &source) {
-                report.skipped.push(format!("{from}: {why}"));
-                continue;
+            match unreplayable(&letter, &source) {
+                Some(why) => report.skipped.push(format!("{from}: {why}")),
+                None => replayable.push((from, letter)),
             }
-            let to = format!("{}/{}", letter.source_topic, letter.source_partition);
-            if let Some(producer) = &producer {
-                republish(producer, &letter, &replayed_at)
-                    .await
-                    .map_err(|source| DlqToolError::Write {
-                        from: from.clone(),
-                        to: to.clone(),
-                        replayed: report.replayed_total(),
-                        source: Box::new(source),
-                    })?;
-                tracing::info!(from = %from, to = %to, reason = %letter.reason, "replayed");
-            }
-            let verb = if dry_run { "would replay" } else { "replayed" };
-            report
-                .lines
-                .push(format!("{verb} {from} to {to} reason={}", letter.reason));
-            *report.replayed.entry(letter.reason).or_default() += 1;
         }
+    }
+    let Some(producer) = &producer else {
+        for (from, letter) in replayable {
+            report.note(&from, &letter, "would replay");
+        }
+        return Ok(report);
+    };
+    // Up to REPLAY_WINDOW records in flight, acknowledged in order. After a failure nothing new
+    // is sent, but what is in flight is waited for, so the count replayed is exact.
+    let mut pending = replayable.into_iter();
+    let mut in_flight = FuturesOrdered::new();
+    let mut failure = None;
+    loop {
+        while failure.is_none() && in_flight.len() < REPLAY_WINDOW {
+            let Some((from, letter)) = pending.next() else {
+                break;
+            };
+            let replayed_at = replayed_at.as_str();
+            in_flight.push_back(async move {
+                let written = republish(producer, &letter, replayed_at).await;
+                (from, letter, written)
+            });
+        }
+        let Some((from, letter, written)) = in_flight.next().await else {
+            break;
+        };
+        let to = format!("{}/{}", letter.source_topic, letter.source_partition);
+        match written {
+            Ok(()) => {
+                tracing::info!(from = %from, to = %to, reason = %letter.reason, "replayed");
+                report.note(&from, &letter, "replayed");
+            }
+            Err(source) => {
+                failure.get_or_insert((from, to, source));
+            }
+        }
+    }
+    if let Some((from, to, source)) = failure {
+        return Err(DlqToolError::Write {
+            from,
+            to,
+            replayed: report.replayed_total(),
+            source: Box::new(source),
+        });
     }
     Ok(report)
 }

@@ -51,6 +51,68 @@ impl ColumnType {
         matches!(self, Self::Text)
     }
 
+    /// The name [`ColumnType::parse`] reads back: [`ColumnType::pg`], with a numeric's scale
+    /// (`numeric(2)`).
+    pub fn name(self) -> String {
+        match self {
+            Self::Numeric { scale } => format!("numeric({scale})"),
+            other => other.pg().to_owned(),
+        }
+    }
+
+    /// Reads [`ColumnType::name`].
+    pub fn parse(name: &str) -> Option<Self> {
+        if let Some(scale) = name
+            .strip_prefix("numeric(")
+            .and_then(|rest| rest.strip_suffix(')'))
+        {
+            return scale.parse().ok().map(|scale| Self::Numeric { scale });
+        }
+        [
+            Self::Uuid,
+            Self::Text,
+            Self::Int,
+            Self::BigInt,
+            Self::Bool,
+            Self::Date,
+            Self::TimestampTz,
+            Self::Timestamp,
+        ]
+        .into_iter()
+        .find(|ty| ty.pg() == name)
+    }
+
+    /// The type of a PostgreSQL column as `information_schema.columns` gives it (`udt_name` and
+    /// `numeric_scale`), when the pipeline can mirror it: what Debezium's encoding of that
+    /// column decodes to. Anything else is described in the error.
+    pub fn from_pg(udt_name: &str, numeric_scale: Option<i32>) -> Result<Self, String> {
+        Ok(match udt_name {
+            "uuid" => Self::Uuid,
+            "text" | "varchar" | "bpchar" => Self::Text,
+            "int2" | "int4" => Self::Int,
+            "int8" => Self::BigInt,
+            "bool" => Self::Bool,
+            "date" => Self::Date,
+            "timestamptz" => Self::TimestampTz,
+            "timestamp" => Self::Timestamp,
+            "numeric" => match numeric_scale.and_then(|s| u32::try_from(s).ok()) {
+                Some(scale) => Self::Numeric { scale },
+                None => return Err("numeric without a declared scale".to_owned()),
+            },
+            other => return Err(other.to_owned()),
+        })
+    }
+
+    /// Whether a value of type `other` may be stored in a column of this type unchanged: the
+    /// same type, a decimal of another scale (Cassandra's decimal keeps any), or an int in a
+    /// bigint.
+    pub fn holds(self, other: Self) -> bool {
+        matches!(
+            (self, other),
+            (Self::Numeric { .. }, Self::Numeric { .. }) | (Self::BigInt, Self::Int)
+        ) || self == other
+    }
+
     /// The CQL type name.
     pub const fn cql(self) -> &'static str {
         match self {
@@ -211,6 +273,22 @@ pub fn source_of(mirrored: &'static Table) -> &'static Table {
     }
 }
 
+/// The mirrored tables the captured `table` fills (`orders` and `orders_by_user` for `orders`).
+pub fn mirrors_of(table: &Table) -> impl Iterator<Item = &'static Table> + '_ {
+    MIRRORED
+        .into_iter()
+        .filter(move |mirrored| source_of(mirrored).name == table.name)
+}
+
+/// The captured table a mirrored table of this name is filled from (its own name if not
+/// mirrored).
+pub fn source_of_name(mirrored: &str) -> &str {
+    MIRRORED
+        .into_iter()
+        .find(|t| t.name == mirrored)
+        .map_or(mirrored, |t| source_of(t).name)
+}
+
 /// The tables PostgreSQL has and Debezium captures.
 pub const CAPTURED: [&Table; 2] = [&USERS, &ORDERS];
 
@@ -287,6 +365,37 @@ mod tests {
             let found = declared(schema, &format!("cdc_keyspace.{}", table.name));
             assert_eq!(found, expected, "{}", table.name);
         }
+    }
+
+    #[test]
+    fn type_names_read_back() {
+        for ty in [
+            ColumnType::Uuid,
+            ColumnType::Text,
+            ColumnType::Int,
+            ColumnType::BigInt,
+            ColumnType::Bool,
+            ColumnType::Date,
+            ColumnType::TimestampTz,
+            ColumnType::Timestamp,
+            ColumnType::Numeric { scale: 0 },
+            ColumnType::Numeric { scale: 2 },
+        ] {
+            assert_eq!(ColumnType::parse(&ty.name()), Some(ty), "{ty:?}");
+        }
+        assert_eq!(ColumnType::parse("jsonb"), None);
+        assert_eq!(ColumnType::parse("numeric(x)"), None);
+        assert_eq!(
+            ColumnType::from_pg("numeric", Some(2)),
+            Ok(ColumnType::Numeric { scale: 2 })
+        );
+        assert!(ColumnType::from_pg("numeric", None).is_err());
+        assert_eq!(ColumnType::from_pg("varchar", None), Ok(ColumnType::Text));
+        assert_eq!(ColumnType::from_pg("jsonb", None), Err("jsonb".to_owned()));
+        assert!(ColumnType::BigInt.holds(ColumnType::Int));
+        assert!(!ColumnType::Int.holds(ColumnType::BigInt));
+        assert!(ColumnType::Numeric { scale: 2 }.holds(ColumnType::Numeric { scale: 3 }));
+        assert!(!ColumnType::Text.holds(ColumnType::Uuid));
     }
 
     #[test]

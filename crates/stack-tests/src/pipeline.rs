@@ -93,10 +93,29 @@ impl Pipeline {
         sink_summary(&process.run_to_end(deadline).await?)
     }
 
-    /// Runs `cdcconsumer verify` and requires it clean: exit 0, every table with as many matching
-    /// rows as it checked; also PostgreSQL's own counts equal the rows checked.
-    pub async fn verify(&self, groups: &[String], consistency: &str) -> Result<Verified> {
-        let started = Instant::now();
+    /// Runs `cdcconsumer resnapshot --table <table>` for cdcconsumer's group; it must finish (exit
+    /// 0) within five minutes. Returns its stdout.
+    pub async fn resnapshot(&self, table: &str) -> Result<String> {
+        let mut command = process::command(&self.stack, &workspace_binary("cdcconsumer")?);
+        command
+            .arg("resnapshot")
+            .arg("--table")
+            .arg(table)
+            .arg("--group")
+            .arg(CDC_GROUP)
+            .arg("--timeout")
+            .arg("5m");
+        Process::spawn("cdcconsumer resnapshot", command)?
+            .run_to_end(Duration::from_secs(360))
+            .await
+    }
+
+    /// Runs `cdcconsumer verify` and returns its exit status, stdout and stderr.
+    pub async fn verify_output(
+        &self,
+        groups: &[String],
+        consistency: &str,
+    ) -> Result<(std::process::ExitStatus, String, String)> {
         let mut command = tokio::process::Command::new(workspace_binary("cdcconsumer")?);
         command
             .arg("verify")
@@ -119,12 +138,21 @@ impl Pipeline {
         )
         .await
         .context("cdcconsumer verify did not finish")??;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        Ok((
+            output.status,
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+
+    /// Runs `cdcconsumer verify` and requires it clean: exit 0, every table with as many matching
+    /// rows as it checked; also PostgreSQL's own counts equal the rows checked.
+    pub async fn verify(&self, groups: &[String], consistency: &str) -> Result<Verified> {
+        let started = Instant::now();
+        let (status, stdout, stderr) = self.verify_output(groups, consistency).await?;
         ensure!(
-            output.status.success() && stdout.contains("verify: Cassandra agrees with PostgreSQL"),
-            "cdcconsumer verify failed ({}):\n{stdout}\n{stderr}",
-            output.status
+            status.success() && stdout.contains("verify: Cassandra agrees with PostgreSQL"),
+            "cdcconsumer verify failed ({status}):\n{stdout}\n{stderr}"
         );
         let verified = Verified::parse(&stdout)?;
         for table in ["users", "orders", "orders_by_user"] {

@@ -11,7 +11,7 @@ use anyhow::{ensure, Context, Result};
 use cdc_core::tables::USERS;
 use stack_tests::exclusive;
 use stack_tests::pipeline::{stop_sink, Pipeline, CDC_GROUP, KEYSPACE};
-use stack_tests::process::{self, nothing_dead_lettered, workspace_binary, Process};
+use stack_tests::process::nothing_dead_lettered;
 use stack_tests::rows::{differences, ensure_no_differences, pg_rows, Precision};
 use stack_tests::sql::insert_user;
 use uuid::Uuid;
@@ -77,18 +77,7 @@ async fn an_online_resnapshot_restores_a_lost_table_while_its_rows_change() -> R
             anyhow::Ok(rounds)
         })
     };
-    let mut command = process::command(&pipeline.stack, &workspace_binary("cdcconsumer")?);
-    command
-        .arg("resnapshot")
-        .arg("--table")
-        .arg("users")
-        .arg("--group")
-        .arg(CDC_GROUP)
-        .arg("--timeout")
-        .arg("5m");
-    let resnapshot = Process::spawn("cdcconsumer resnapshot", command)?
-        .run_to_end(Duration::from_secs(360))
-        .await;
+    let resnapshot = pipeline.resnapshot("users").await;
     stop.cancel();
     let rounds = updater.await??;
     let stdout = resnapshot?;

@@ -204,7 +204,11 @@ impl CassandraWriter {
                 },
             })
             .collect();
-        Write::Upsert { table, cells }
+        Write::Upsert {
+            table,
+            cells,
+            extra: Vec::new(),
+        }
     }
 
     async fn user(&self, e: &UserEvent) -> Result<()> {

@@ -210,7 +210,9 @@ pub(super) async fn watch_kafka(
             debezium::Record::Change(change) => change.source.commit_micros(),
             debezium::Record::Tombstone { .. } => continue,
         };
-        let Ok(Planned::Writes(plan)) = plan::plan(&record, &Encoding::default()) else {
+        let Ok(Planned::Writes(plan)) =
+            plan::plan(&record, &Encoding::default(), &Registry::default())
+        else {
             continue;
         };
         let Some(version) = planned_version(&plan.writes) else {

@@ -63,6 +63,7 @@ use cdc_core::metrics::Metrics;
 use cdc_core::runtime::{start_batch, BatchOutcome};
 use cdc_core::tables;
 use cdcconsumer::cassandra::{self, consistency_name, CassandraArgs, Statements};
+use cdcconsumer::columns::{MirroredColumns, Registry};
 use cdcconsumer::handler::gates::KeyGates;
 use cdcconsumer::handler::plan::{self, Plan, Planned, Write};
 use cdcconsumer::handler::{CdcHandler, CdcMetrics};

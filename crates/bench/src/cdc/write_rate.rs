@@ -244,7 +244,9 @@ impl RateStream {
         for record in &records {
             let parsed = debezium::parse(Some(record.key.as_bytes()), Some(&record.payload))
                 .context("a built envelope does not parse")?;
-            match plan::plan(&parsed, &Encoding::default()).context("a built envelope")? {
+            match plan::plan(&parsed, &Encoding::default(), &Registry::default())
+                .context("a built envelope")?
+            {
                 Planned::Writes(plan) => {
                     writes.extend(plan.writes.into_iter().map(|w| (w, plan.lsn)));
                 }
@@ -602,7 +604,9 @@ pub(super) async fn run_handler(
     })
     .await?;
     let metrics = Metrics::default();
+    let columns = MirroredColumns::load(&session, keyspace).await?;
     let handler = Arc::new(CdcHandler {
+        columns: Arc::new(columns),
         session: Arc::new(session),
         statements,
         dlq: cdc_core::dlq::DeadLetters::new(

@@ -17,6 +17,7 @@
 //! `<topic>.dlq` and the partition moves on. The batch is durable — and its offsets may be
 //! stored — only when every record is written or parked.
 
+mod evolve;
 pub mod gates;
 pub mod plan;
 pub mod positions;
@@ -42,6 +43,7 @@ use scylla::client::session::Session;
 use tokio_util::sync::CancellationToken;
 
 use crate::cassandra::{Statements, Truncations};
+use crate::columns::{MirroredColumns, Registry};
 use gates::{chains_by_key, KeyGates, Turn};
 use plan::{plan_record, Plan, PlanError, Planned};
 use positions::PositionGuard;
@@ -105,8 +107,11 @@ pub struct CdcHandler {
     pub give_up_after: Duration,
     /// Per-key order across batches in flight; start with `KeyGates::default()`.
     pub gates: KeyGates,
-    /// Refuses positions beyond PostgreSQL's current WAL (none: positions are not checked).
+    /// Refuses positions beyond PostgreSQL's current WAL (none: positions are not checked), and
+    /// confirms schema changes.
     pub positions: Option<PositionGuard>,
+    /// Columns added to the captured tables since the description.
+    pub columns: Arc<MirroredColumns>,
 }
 
 impl std::fmt::Debug for CdcHandler {
@@ -149,6 +154,8 @@ struct Decoded<'a> {
     refused: Vec<(usize, PlanError)>,
     /// Records that need no write (tombstones).
     nothing: usize,
+    /// The added columns the batch was planned with.
+    registry: Arc<Registry>,
 }
 
 impl Decoded<'_> {
@@ -188,10 +195,12 @@ impl CdcHandler {
     /// Decodes and plans `batch` and claims its keys' turns; no `.await`, so batches claim in the
     /// order the runtime starts them.
     fn decode<'a>(&'a self, batch: &[OwnedMessage]) -> Decoded<'a> {
+        let registry = self.columns.current();
         let mut decoded = Decoded {
             steps: Vec::new(),
             refused: Vec::new(),
             nothing: 0,
+            registry: Arc::clone(&registry),
         };
         let mut plans = Vec::new();
         let close = |plans: Vec<(usize, Plan)>| {
@@ -202,7 +211,7 @@ impl CdcHandler {
             Step::Segment(Segment { plans, chains })
         };
         for (index, message) in batch.iter().enumerate() {
-            match plan_record(message.key(), message.payload(), &self.encoding) {
+            match plan_record(message.key(), message.payload(), &self.encoding, &registry) {
                 Ok(Planned::Writes(p)) => plans.push((index, p)),
                 Ok(Planned::Truncate {
                     table,
@@ -248,13 +257,25 @@ impl BatchHandler for CdcHandler {
     ) -> Result<(), Interrupted> {
         let started = Instant::now();
         // Before any `.await`: see `KeyGates`.
-        let decoded = self.decode(batch);
+        let mut decoded = self.decode(batch);
         let topic = TopicLabels {
             topic: batch
                 .first()
                 .map(|m| m.topic().to_owned())
                 .unwrap_or_default(),
         };
+        // Schema changes first: nothing of the batch is written or parked before they are met.
+        let registry = Arc::clone(&decoded.registry);
+        self.stop_on_drift(&decoded, &registry, cancel).await?;
+        // `<prefix>.<schema>.<table>`
+        let schema = topic
+            .topic
+            .rsplit('.')
+            .nth(1)
+            .unwrap_or("public")
+            .to_owned();
+        self.add_new_columns(&mut decoded, &registry, &schema, cancel)
+            .await?;
         let mut tally = Tally {
             applied: decoded.nothing,
             parked: Vec::new(),

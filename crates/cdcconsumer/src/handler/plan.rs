@@ -5,12 +5,17 @@
 //! captured table, in order, converted to the CQL value of its mirrored column. An unchanged TOAST
 //! column stays [`Field::Unavailable`] and is never written.
 
-use cdc_core::debezium::{self, Cell, Change, Encoding, EnvelopeError, Field, Image, Op, Record};
+use std::sync::Arc;
+
+use cdc_core::debezium::{
+    self, Cell, Change, Declared, Encoding, EnvelopeError, Field, Image, Op, Record,
+};
 use cdc_core::tables::{self, ColumnType, Table};
 use scylla::value::{CqlDate, CqlDecimal, CqlTimestamp, CqlValue};
 use uuid::Uuid;
 
-pub use crate::cassandra::{Col, Write};
+pub use crate::cassandra::{Col, ExtraCell, Write};
+use crate::columns::Registry;
 
 /// Every dead-letter reason of planning ([`PlanError::reason`]).
 pub const REASONS: &[&str] = &[
@@ -22,7 +27,85 @@ pub const REASONS: &[&str] = &[
     "bad_value",
     "no_position",
     "unknown_table",
+    "schema_mismatch",
 ];
+
+/// A change whose Connect schema disagrees with what the mirror holds of its table. When
+/// PostgreSQL's table agrees with the change, the table's mirroring stops (the schema really
+/// changed); otherwise the change itself is wrong and is parked as `schema_mismatch`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Drift {
+    #[error(
+        "column `{column}` of {table} is not in the change's schema: dropped or renamed in          PostgreSQL (mirrored since position {since})"
+    )]
+    Gone {
+        schema: String,
+        table: &'static str,
+        column: String,
+        since: i64,
+    },
+    #[error("column `{column}` of {table} is mirrored as {mirrored}, but the change declares {declared}")]
+    Retyped {
+        schema: String,
+        table: &'static str,
+        column: String,
+        mirrored: String,
+        declared: String,
+    },
+    #[error(
+        "column `{column}` of {table} has a type cdcconsumer cannot mirror ({declared});          supported: uuid, text, varchar, smallint, integer, bigint, boolean, date, timestamp,          timestamptz, numeric(p, s)"
+    )]
+    Unmirrorable {
+        schema: String,
+        table: &'static str,
+        column: String,
+        declared: String,
+    },
+}
+
+impl Drift {
+    /// The PostgreSQL schema and captured table, and the column.
+    pub fn place(&self) -> (&str, &'static str, &str) {
+        match self {
+            Self::Gone {
+                schema,
+                table,
+                column,
+                ..
+            }
+            | Self::Retyped {
+                schema,
+                table,
+                column,
+                ..
+            }
+            | Self::Unmirrorable {
+                schema,
+                table,
+                column,
+                ..
+            } => (schema, table, column),
+        }
+    }
+
+    /// Whether PostgreSQL's table as it is now (`columns`: name → mirrored type) shows the same
+    /// change: then the schema changed, and the record is not at fault.
+    pub fn confirmed_by(&self, columns: &std::collections::BTreeMap<String, Declared>) -> bool {
+        match self {
+            Self::Gone { column, .. } => !columns.contains_key(column),
+            Self::Retyped {
+                column, mirrored, ..
+            } => match (columns.get(column), ColumnType::parse(mirrored)) {
+                (Some(Ok(now)), Some(mirrored)) => !mirrored.holds(*now),
+                (Some(Err(_)), _) => true,
+                _ => false,
+            },
+            Self::Unmirrorable { column, .. } => {
+                matches!(columns.get(column), Some(Err(_)))
+            }
+        }
+    }
+}
 
 /// Why a change cannot be turned into writes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +116,8 @@ pub enum PlanError {
     NoPosition,
     #[error("change of table `{0}`, which this sink does not mirror")]
     UnknownTable(String),
+    #[error(transparent)]
+    Drift(#[from] Drift),
 }
 
 impl PlanError {
@@ -41,6 +126,7 @@ impl PlanError {
             Self::Envelope(e) => e.reason(),
             Self::NoPosition => "no_position",
             Self::UnknownTable(_) => "unknown_table",
+            Self::Drift(_) => "schema_mismatch",
         }
     }
 }
@@ -155,6 +241,121 @@ fn row(image: &Image, table: &Table, encoding: &Encoding) -> Result<Vec<Col>, En
         .collect()
 }
 
+/// Whether a column mirrored as `mirrored` can take values the change declares as `declared`
+/// (a NUMERIC also as `decimal.handling.mode` string or double sends it).
+fn accepts(mirrored: ColumnType, declared: &Declared) -> bool {
+    match declared {
+        Ok(declared) => {
+            mirrored.holds(*declared)
+                || (matches!(mirrored, ColumnType::Numeric { .. }) && *declared == ColumnType::Text)
+        }
+        Err(kind) => matches!(mirrored, ColumnType::Numeric { .. }) && kind == "float64",
+    }
+}
+
+fn declared_name(declared: &Declared) -> String {
+    match declared {
+        Ok(ty) => ty.name(),
+        Err(kind) => kind.clone(),
+    }
+}
+
+/// Checks the image's schema against the mirror's columns of `table` and decodes the columns
+/// added since the description ([`crate::columns`]). Without an embedded schema nothing can be
+/// checked and no added column is known: none is written.
+fn added_columns(
+    image: &Image,
+    change: &Change,
+    table: &'static Table,
+    lsn: i64,
+    registry: &Registry,
+    encoding: &Encoding,
+) -> Result<Vec<ExtraCell>, PlanError> {
+    if !image.has_schema() {
+        return Ok(Vec::new());
+    }
+    let schema = || change.source.schema.clone();
+    for column in table.columns {
+        match image.declared(column.name) {
+            None => {
+                return Err(Drift::Gone {
+                    schema: schema(),
+                    table: table.name,
+                    column: column.name.to_owned(),
+                    since: 0,
+                }
+                .into())
+            }
+            Some(declared) if !accepts(column.ty, &declared) => {
+                return Err(Drift::Retyped {
+                    schema: schema(),
+                    table: table.name,
+                    column: column.name.to_owned(),
+                    mirrored: column.ty.name(),
+                    declared: declared_name(&declared),
+                }
+                .into())
+            }
+            Some(_) => {}
+        }
+    }
+    // A change at or below `since` may predate the column; one above it cannot.
+    if let Some(gone) = registry
+        .of(table)
+        .iter()
+        .find(|added| lsn > added.since && image.declared(&added.name).is_none())
+    {
+        return Err(Drift::Gone {
+            schema: schema(),
+            table: table.name,
+            column: gone.name.to_string(),
+            since: gone.since,
+        }
+        .into());
+    }
+    let mut extra = Vec::new();
+    for name in image.declared_columns() {
+        if table.column(name).is_some() {
+            continue;
+        }
+        let declared = image.declared(name).unwrap_or_else(|| Err("?".into()));
+        let ty = match (registry.get(table, name), &declared) {
+            (Some(added), declared) if accepts(added.ty, declared) => added.ty,
+            (Some(added), declared) => {
+                return Err(Drift::Retyped {
+                    schema: schema(),
+                    table: table.name,
+                    column: name.to_owned(),
+                    mirrored: added.ty.name(),
+                    declared: declared_name(declared),
+                }
+                .into())
+            }
+            (None, Ok(ty)) => *ty,
+            (None, Err(kind)) => {
+                return Err(Drift::Unmirrorable {
+                    schema: schema(),
+                    table: table.name,
+                    column: name.to_owned(),
+                    declared: kind.clone(),
+                }
+                .into())
+            }
+        };
+        let value = match image.get_with(name, ty, encoding)? {
+            Field::Null => Field::Null,
+            Field::Unavailable => Field::Unavailable,
+            Field::Value(cell) => Field::Value(cql(name, ty, cell)?),
+        };
+        extra.push(ExtraCell {
+            name: Arc::from(name),
+            ty,
+            value,
+        });
+    }
+    Ok(extra)
+}
+
 /// The single uuid key of a captured table's row.
 fn key(table: &Table, cells: &[Col]) -> Result<Uuid, EnvelopeError> {
     let name = table.key.first().copied().unwrap_or("id");
@@ -174,8 +375,13 @@ fn delete(table: &'static Table, key: Vec<CqlValue>) -> Write {
     Write::Delete { table, key }
 }
 
-/// Turns one Debezium record into the writes it implies.
-pub fn plan(record: &Record, encoding: &Encoding) -> Result<Planned, PlanError> {
+/// Turns one Debezium record into the writes it implies, given the columns added to the
+/// captured tables so far (`registry`).
+pub fn plan(
+    record: &Record,
+    encoding: &Encoding,
+    registry: &Registry,
+) -> Result<Planned, PlanError> {
     let change = match record {
         Record::Tombstone { .. } => return Ok(Planned::Nothing),
         Record::Change(change) => change,
@@ -204,6 +410,7 @@ pub fn plan(record: &Record, encoding: &Encoding) -> Result<Planned, PlanError> 
         }
         Op::Create | Op::Read | Op::Update => {
             let after = change.after.as_ref().ok_or_else(|| missing("after"))?;
+            let extra = added_columns(after, change, table, lsn, registry, encoding)?;
             let mut cells = row(after, table, encoding)?;
             let id = key(table, &cells)?;
             let mut writes = Vec::with_capacity(3);
@@ -234,14 +441,17 @@ pub fn plan(record: &Record, encoding: &Encoding) -> Result<Planned, PlanError> 
                     }
                 }
             }
-            let by_user_row = is_orders.then(|| tables::orders_by_user_row(&cells, || Field::Null));
-            writes.push(Write::Upsert { table, cells });
-            if let Some(cells) = by_user_row {
-                writes.push(Write::Upsert {
-                    table: &tables::ORDERS_BY_USER,
-                    cells,
-                });
-            }
+            let by_user = is_orders.then(|| Write::Upsert {
+                table: &tables::ORDERS_BY_USER,
+                cells: tables::orders_by_user_row(&cells, || Field::Null),
+                extra: extra.clone(),
+            });
+            writes.push(Write::Upsert {
+                table,
+                cells,
+                extra,
+            });
+            writes.extend(by_user);
             (id, writes)
         }
         Op::Delete => {
@@ -292,10 +502,11 @@ pub fn plan_record(
     key: Option<&[u8]>,
     value: Option<&[u8]>,
     encoding: &Encoding,
+    registry: &Registry,
 ) -> Result<Planned, PlanError> {
     debezium::parse(key, value)
         .map_err(PlanError::from)
-        .and_then(|record| plan(&record, encoding))
+        .and_then(|record| plan(&record, encoding, registry))
 }
 
 #[cfg(test)]
@@ -320,6 +531,7 @@ mod tests {
             key.as_deref().map(str::as_bytes),
             value.as_deref().map(str::as_bytes),
             &Encoding::default(),
+            &Registry::default(),
         )
     }
 
@@ -451,6 +663,7 @@ mod tests {
                 Some(record["key"].to_string().as_bytes()),
                 Some(record["value"].to_string().as_bytes()),
                 encoding,
+                &Registry::default(),
             )
         };
         let mut record = fixture("orders_u");
@@ -634,5 +847,182 @@ mod tests {
             assert_eq!(back.to_string(), value.to_string(), "{text}");
             assert!(bytes.len() <= 8, "{text}: {bytes:?}");
         }
+    }
+
+    /// The field schemas of the record's `after` image.
+    fn after_fields(record: &mut Value) -> &mut Vec<Value> {
+        record["value"]["schema"]["fields"]
+            .as_array_mut()
+            .and_then(|images| images.iter_mut().find(|f| f["field"] == "after"))
+            .and_then(|after| after["fields"].as_array_mut())
+            .expect("after fields")
+    }
+
+    /// Declares `field` (a Connect field schema) in the record's `after` image and sets its value.
+    fn declare(record: &mut Value, field: Value, value: Value) {
+        let name = field["field"].as_str().expect("field name").to_owned();
+        after_fields(record).push(field);
+        payload(record)["after"][name.as_str()] = value;
+    }
+
+    /// Removes `column` from the `after` image's schema and values.
+    fn undeclare(record: &mut Value, column: &str) {
+        after_fields(record).retain(|f| f["field"] != column);
+        if let Some(after) = payload(record)["after"].as_object_mut() {
+            after.remove(column);
+        }
+    }
+
+    fn plan_with(record: &Value, registry: &Registry) -> Result<Planned, PlanError> {
+        plan_record(
+            Some(record["key"].to_string().as_bytes()),
+            Some(record["value"].to_string().as_bytes()),
+            &Encoding::default(),
+            registry,
+        )
+    }
+
+    fn tier(since: i64) -> Registry {
+        Registry::default().with(
+            &tables::USERS,
+            crate::columns::Added {
+                name: Arc::from("tier"),
+                ty: ColumnType::Text,
+                since,
+            },
+        )
+    }
+
+    #[test]
+    fn a_column_added_in_postgresql_is_written_with_its_declared_type() {
+        let mut record = fixture("orders_u");
+        declare(
+            &mut record,
+            serde_json::json!({"type": "string", "optional": true, "field": "gift_note"}),
+            Value::from("with love"),
+        );
+        declare(
+            &mut record,
+            serde_json::json!({"type": "bytes", "optional": true, "field": "discount",
+                "name": "org.apache.kafka.connect.data.Decimal",
+                "parameters": {"scale": "2", "connect.decimal.precision": "5"}}),
+            Value::from("AfQ="), // 5.00
+        );
+        let Ok(Planned::Writes(plan)) = plan_with(&record, &Registry::default()) else {
+            panic!("no plan");
+        };
+        for write in &plan.writes {
+            let Write::Upsert { extra, .. } = write else {
+                continue;
+            };
+            let added: Vec<(&str, ColumnType)> = extra.iter().map(|e| (&*e.name, e.ty)).collect();
+            assert_eq!(
+                added,
+                [
+                    ("discount", ColumnType::Numeric { scale: 2 }),
+                    ("gift_note", ColumnType::Text)
+                ],
+                "{}",
+                write.table().name
+            );
+            assert_eq!(
+                write.cell("gift_note"),
+                Some(&Field::Value(CqlValue::Text("with love".into())))
+            );
+            assert_eq!(
+                write.cell("discount"),
+                Some(&Field::Value(CqlValue::Decimal(decimal(
+                    &rust_decimal::Decimal::from_str("5.00").expect("decimal")
+                ))))
+            );
+        }
+        assert_eq!(
+            names(&plan.writes),
+            [("orders", true), ("orders_by_user", true)]
+        );
+        // A type the mirror cannot hold stops the table rather than being dropped silently.
+        declare(
+            &mut record,
+            serde_json::json!({"type": "float64", "optional": true, "field": "score"}),
+            Value::from(1.5),
+        );
+        assert!(matches!(
+            plan_with(&record, &Registry::default()),
+            Err(PlanError::Drift(Drift::Unmirrorable { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_mirrored_column_missing_above_its_position_is_gone_and_below_it_older() {
+        let record = fixture("users_u");
+        let lsn = record["value"]["payload"]["source"]["lsn"]
+            .as_i64()
+            .expect("lsn");
+        // Logged before the column was first seen: an older change, its cells left alone.
+        let Ok(Planned::Writes(plan)) = plan_with(&record, &tier(lsn)) else {
+            panic!("no plan");
+        };
+        assert_eq!(plan.writes[0].cell("tier"), None);
+        // Logged after it: the column is gone.
+        match plan_with(&record, &tier(lsn - 1)) {
+            Err(PlanError::Drift(drift @ Drift::Gone { .. })) => {
+                assert_eq!(drift.place(), ("public", "users", "tier"));
+                let mut pg = std::collections::BTreeMap::new();
+                assert!(drift.confirmed_by(&pg), "dropped in PostgreSQL");
+                pg.insert("tier".to_owned(), Ok(ColumnType::Text));
+                assert!(!drift.confirmed_by(&pg), "still there: the record is wrong");
+                assert_eq!(PlanError::Drift(drift).reason(), "schema_mismatch");
+            }
+            other => panic!("expected the column gone, got {other:?}"),
+        }
+        // Carried with another type than mirrored.
+        let mut retyped = fixture("users_u");
+        declare(
+            &mut retyped,
+            serde_json::json!({"type": "int64", "optional": true, "field": "tier"}),
+            Value::from(3),
+        );
+        assert!(matches!(
+            plan_with(&retyped, &tier(lsn - 1)),
+            Err(PlanError::Drift(Drift::Retyped { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_described_column_dropped_or_retyped_is_drift_but_a_missing_value_is_the_records() {
+        let mut dropped = fixture("users_u");
+        undeclare(&mut dropped, "email");
+        assert!(matches!(
+            plan_with(&dropped, &Registry::default()),
+            Err(PlanError::Drift(Drift::Gone { ref column, .. })) if column == "email"
+        ));
+        let mut retyped = fixture("users_u");
+        for field in after_fields(&mut retyped) {
+            if field["field"] == "version" {
+                field["type"] = Value::from("string");
+            }
+        }
+        match plan_with(&retyped, &Registry::default()) {
+            Err(PlanError::Drift(drift @ Drift::Retyped { .. })) => {
+                let pg = std::collections::BTreeMap::from([(
+                    "version".to_owned(),
+                    Ok(ColumnType::Text),
+                )]);
+                assert!(drift.confirmed_by(&pg));
+            }
+            other => panic!("expected a type change, got {other:?}"),
+        }
+        // The schema declares the column but the value is absent: the record's own defect.
+        let mut missing = fixture("users_u");
+        payload(&mut missing)["after"]
+            .as_object_mut()
+            .expect("after")
+            .remove("email");
+        assert_eq!(
+            plan_with(&missing, &Registry::default()).map(|_| ()),
+            Err(PlanError::Envelope(EnvelopeError::MissingColumn {
+                column: "email".into()
+            }))
+        );
     }
 }

@@ -304,7 +304,7 @@ pub type Rows = BTreeMap<Key, Row>;
 /// One column that differs between the two sides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnDifference {
-    pub column: &'static str,
+    pub column: String,
     pub pg: Value,
     pub cassandra: Value,
 }
@@ -356,14 +356,20 @@ pub struct TableReport {
     pub extra: u64,
     pub different: u64,
     /// How many rows differ in each column.
-    pub different_columns: BTreeMap<&'static str, u64>,
+    pub different_columns: BTreeMap<String, u64>,
+    /// Where the table's columns differ: a column PostgreSQL has that Cassandra's table lacks
+    /// (or holds as another type), or one the pipeline cannot mirror.
+    pub schema_problems: Vec<String>,
     /// The first differences in key order, at most `max_examples`.
     pub examples: Vec<Difference>,
 }
 
 impl TableReport {
     pub fn is_clean(&self) -> bool {
-        self.missing == 0 && self.extra == 0 && self.different == 0
+        self.missing == 0
+            && self.extra == 0
+            && self.different == 0
+            && self.schema_problems.is_empty()
     }
 }
 
@@ -381,6 +387,9 @@ impl fmt::Display for TableReport {
                 .map(|(column, n)| format!("{column} {n}"))
                 .collect();
             write!(f, " ({})", columns.join(", "))?;
+        }
+        for problem in &self.schema_problems {
+            write!(f, "\n  schema    {problem}")?;
         }
         for example in &self.examples {
             write!(f, "\n  {example}")?;
@@ -416,10 +425,11 @@ impl fmt::Display for Report {
             .iter()
             .map(|t| t.missing + t.extra + t.different)
             .sum();
-        if drifted == 0 {
-            write!(f, "verify: Cassandra agrees with PostgreSQL")
-        } else {
-            write!(f, "verify: DRIFT in {drifted} rows")
+        let schema: usize = self.tables.iter().map(|t| t.schema_problems.len()).sum();
+        match (drifted, schema) {
+            (0, 0) => write!(f, "verify: Cassandra agrees with PostgreSQL"),
+            (rows, 0) => write!(f, "verify: DRIFT in {rows} rows"),
+            (rows, columns) => write!(f, "verify: DRIFT in {rows} rows and {columns} columns"),
         }
     }
 }
@@ -432,7 +442,22 @@ pub fn compare_table(
     cassandra: &Rows,
     max_examples: usize,
 ) -> TableReport {
-    let columns: Vec<&'static str> = table.values().map(|c| c.name).collect();
+    compare_table_with(table, &[], pg, cassandra, max_examples)
+}
+
+/// [`compare_table`] for rows that also hold the columns `added` after the described ones.
+pub fn compare_table_with(
+    table: &Table,
+    added: &[(String, ColumnType)],
+    pg: &Rows,
+    cassandra: &Rows,
+    max_examples: usize,
+) -> TableReport {
+    let columns: Vec<&str> = table
+        .values()
+        .map(|c| c.name)
+        .chain(added.iter().map(|(name, _)| name.as_str()))
+        .collect();
     let mut report = TableReport {
         table: table.name,
         checked: 0,
@@ -441,6 +466,7 @@ pub fn compare_table(
         extra: 0,
         different: 0,
         different_columns: BTreeMap::new(),
+        schema_problems: Vec::new(),
         examples: Vec::new(),
     };
     let note = |report: &mut TableReport, key: &Key, kind: DifferenceKind| {
@@ -482,7 +508,10 @@ pub fn compare_table(
                     } else {
                         report.different += 1;
                         for c in &differing {
-                            *report.different_columns.entry(c.column).or_default() += 1;
+                            *report
+                                .different_columns
+                                .entry(c.column.clone())
+                                .or_default() += 1;
                         }
                         note(&mut report, key, DifferenceKind::Different(differing));
                     }
@@ -493,11 +522,7 @@ pub fn compare_table(
     report
 }
 
-fn differing_columns(
-    columns: &[&'static str],
-    pg: &[Value],
-    cassandra: &[Value],
-) -> Vec<ColumnDifference> {
+fn differing_columns(columns: &[&str], pg: &[Value], cassandra: &[Value]) -> Vec<ColumnDifference> {
     let width = pg.len().max(cassandra.len());
     (0..width)
         .filter_map(|i| {
@@ -506,7 +531,7 @@ fn differing_columns(
             // A value a store cannot hold never matches, not even itself.
             let same = pg == cassandra && !matches!(pg, Value::Unrepresentable(_));
             (!same).then(|| ColumnDifference {
-                column: columns.get(i).copied().unwrap_or("?"),
+                column: columns.get(i).copied().unwrap_or("?").to_owned(),
                 pg: pg.clone(),
                 cassandra: cassandra.clone(),
             })
@@ -539,7 +564,8 @@ impl Default for CompareOptions {
     }
 }
 
-/// Reads PostgreSQL in one snapshot and Cassandra in full, and compares every mirrored table.
+/// Reads PostgreSQL in one snapshot and Cassandra in full, and compares every mirrored table —
+/// every column PostgreSQL has, those added after the description included.
 pub async fn compare(
     pool: &PgPool,
     session: &Session,
@@ -547,16 +573,41 @@ pub async fn compare(
 ) -> Result<Report, CompareError> {
     let schema = checked_name("PostgreSQL schema", &opts.pg_schema)?;
     let keyspace = checked_name("Cassandra keyspace", &opts.keyspace)?;
-    let expected = read_postgres(pool, schema).await?;
+    let added = added_columns(pool, session, schema, keyspace).await?;
+    let expected = read_postgres_with(pool, schema, &added).await?;
     tracing::info!(
         users = expected.get(tables::USERS.name).map_or(0, BTreeMap::len),
         orders = expected.get(tables::ORDERS.name).map_or(0, BTreeMap::len),
         "read the PostgreSQL snapshot"
     );
+    let columns = |table: &Table| {
+        added
+            .get(tables::source_of_name(table.name))
+            .and_then(|a| a.readable.get(table.name))
+            .map_or(&[][..], Vec::as_slice)
+    };
     let (users, orders, orders_by_user) = tokio::try_join!(
-        read_cassandra(session, opts, keyspace, &tables::USERS),
-        read_cassandra(session, opts, keyspace, &tables::ORDERS),
-        read_cassandra(session, opts, keyspace, &tables::ORDERS_BY_USER),
+        read_cassandra_with(
+            session,
+            opts,
+            keyspace,
+            &tables::USERS,
+            columns(&tables::USERS)
+        ),
+        read_cassandra_with(
+            session,
+            opts,
+            keyspace,
+            &tables::ORDERS,
+            columns(&tables::ORDERS)
+        ),
+        read_cassandra_with(
+            session,
+            opts,
+            keyspace,
+            &tables::ORDERS_BY_USER,
+            columns(&tables::ORDERS_BY_USER)
+        ),
     )?;
     tracing::info!(
         users = users.len(),
@@ -568,18 +619,124 @@ pub async fn compare(
     let n = opts.max_examples;
     let empty = Rows::new();
     let pg = |table: &Table| expected.get(table.name).unwrap_or(&empty);
+    let report = |table: &'static Table, cassandra: &Rows| {
+        let source = added.get(tables::source_of_name(table.name));
+        let mut report = compare_table_with(
+            table,
+            source.map_or(&[][..], |a| a.pg.as_slice()),
+            pg(table),
+            cassandra,
+            n,
+        );
+        if let Some(source) = source {
+            report.schema_problems = source
+                .problems
+                .iter()
+                .filter(|(mirrored, _)| mirrored.is_none_or(|m| m == table.name))
+                .map(|(_, problem)| problem.clone())
+                .collect();
+        }
+        report
+    };
     Ok(Report {
         tables: vec![
-            compare_table(&tables::USERS, pg(&tables::USERS), &users, n),
-            compare_table(&tables::ORDERS, pg(&tables::ORDERS), &orders, n),
-            compare_table(
-                &tables::ORDERS_BY_USER,
-                pg(&tables::ORDERS_BY_USER),
-                &orders_by_user,
-                n,
-            ),
+            report(&tables::USERS, &users),
+            report(&tables::ORDERS, &orders),
+            report(&tables::ORDERS_BY_USER, &orders_by_user),
         ],
     })
+}
+
+/// The columns a captured table has in PostgreSQL beyond the description, and how Cassandra
+/// holds them.
+#[derive(Debug, Clone, Default)]
+pub struct AddedColumns {
+    /// Every added column PostgreSQL has that can be mirrored, in name order.
+    pub pg: Vec<(String, ColumnType)>,
+    /// The same list per mirrored table, as read from Cassandra: a column the table lacks (or
+    /// holds as another type) is read as NULL.
+    pub readable: BTreeMap<&'static str, Vec<(String, Option<ColumnType>)>>,
+    /// Problems found, with the mirrored table they concern (`None`: every one).
+    pub problems: Vec<(Option<&'static str>, String)>,
+}
+
+/// The added columns of each captured table (by name), compared with Cassandra's tables.
+pub async fn added_columns(
+    pool: &PgPool,
+    session: &Session,
+    schema: &str,
+    keyspace: &str,
+) -> Result<BTreeMap<&'static str, AddedColumns>, CompareError> {
+    let mut found = BTreeMap::new();
+    for table in tables::CAPTURED {
+        let mut added = AddedColumns::default();
+        let pg = crate::columns::pg_columns(pool, schema, table.name).await?;
+        for (name, declared) in pg.into_iter().filter(|(n, _)| table.column(n).is_none()) {
+            match declared {
+                Ok(ty) => added.pg.push((name, ty)),
+                Err(kind) => added.problems.push((
+                    None,
+                    format!("column {name} ({kind}): a type cdcconsumer cannot mirror"),
+                )),
+            }
+        }
+        for mirrored in tables::mirrors_of(table) {
+            let cassandra = cassandra_columns(session, keyspace, mirrored.name).await?;
+            for (name, ty) in &added.pg {
+                match cassandra.get(name) {
+                    Some(cql) if cql == ty.cql() => {}
+                    Some(cql) => added.problems.push((
+                        Some(mirrored.name),
+                        format!(
+                            "column {name}: {} in PostgreSQL, {cql} in Cassandra",
+                            ty.name()
+                        ),
+                    )),
+                    None => added.problems.push((
+                        Some(mirrored.name),
+                        format!("column {name} ({}): not in Cassandra", ty.name()),
+                    )),
+                }
+            }
+            let readable = added
+                .pg
+                .iter()
+                .map(|(name, ty)| {
+                    let held = cassandra.get(name).is_some_and(|cql| cql == ty.cql());
+                    (name.clone(), held.then_some(*ty))
+                })
+                .collect();
+            added.readable.insert(mirrored.name, readable);
+        }
+        found.insert(table.name, added);
+    }
+    Ok(found)
+}
+
+/// Column name → CQL type of a Cassandra table.
+async fn cassandra_columns(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+) -> Result<BTreeMap<String, String>, CompareError> {
+    let result = session
+        .query_unpaged(
+            "SELECT column_name, type FROM system_schema.columns \
+             WHERE keyspace_name = ? AND table_name = ?",
+            (keyspace, table),
+        )
+        .await?;
+    let read = |e: String| CompareError::from(CassandraError::Read(e));
+    let rows = result.into_rows_result().map_err(|e| read(e.to_string()))?;
+    let mut found = BTreeMap::new();
+    for row in rows
+        .rows::<(String, String)>()
+        .map_err(|e| read(e.to_string()))?
+    {
+        let (name, ty) = row.map_err(|e| read(e.to_string()))?;
+        found.insert(name, ty);
+    }
+    Ok(found)
 }
 
 /// Schema and keyspace names go into statement text, so only plain identifiers are accepted.
@@ -662,10 +819,23 @@ pub async fn read_pg_table(
     ids: Option<&[uuid::Uuid]>,
     exact: bool,
 ) -> Result<Rows, sqlx::Error> {
+    read_pg_table_with(connection, schema, table, &[], ids, exact).await
+}
+
+/// [`read_pg_table`], with the columns `added` after the described ones at the end of each row.
+pub async fn read_pg_table_with(
+    connection: &mut sqlx::PgConnection,
+    schema: &str,
+    table: &Table,
+    added: &[(String, ColumnType)],
+    ids: Option<&[uuid::Uuid]>,
+    exact: bool,
+) -> Result<Rows, sqlx::Error> {
     let columns: Vec<String> = table
         .columns
         .iter()
         .map(|c| format!("{}::text", c.name))
+        .chain(added.iter().map(|(name, _)| format!("{name}::text")))
         .collect();
     let key = table.key.first().copied().unwrap_or("id");
     let filter = if ids.is_some() {
@@ -682,30 +852,42 @@ pub async fn read_pg_table(
         query = query.bind(ids.to_vec());
     }
     let mut rows = Rows::new();
+    let types: Vec<ColumnType> = table
+        .columns
+        .iter()
+        .map(|c| c.ty)
+        .chain(added.iter().map(|(_, ty)| *ty))
+        .collect();
     for row in query.fetch_all(connection).await? {
-        let mut values = Vec::with_capacity(table.columns.len());
-        for (at, column) in table.columns.iter().enumerate() {
+        let mut values = Vec::with_capacity(types.len());
+        for (at, ty) in types.iter().enumerate() {
             let text: Option<String> = row.try_get(at)?;
             values.push(if exact {
-                Value::from_pg_text_exact(column.ty, text.as_deref())
+                Value::from_pg_text_exact(*ty, text.as_deref())
             } else {
-                Value::from_pg_text(column.ty, text.as_deref())
+                Value::from_pg_text(*ty, text.as_deref())
             });
         }
-        let (key, values) = keyed(table, values);
+        let added_values = values.split_off(table.columns.len());
+        let (key, mut values) = keyed(table, values);
+        values.extend(added_values);
         rows.insert(key, values);
     }
     Ok(rows)
 }
 
-/// The `orders_by_user` rows `orders` rows imply.
+/// The `orders_by_user` rows `orders` rows imply (columns added after the described ones kept
+/// at the end).
 pub fn expected_orders_by_user(orders: &Rows) -> Rows {
+    let described = tables::ORDERS.values().count();
     orders
         .iter()
         .map(|(key, row)| {
             let mut whole = key.values.clone();
-            whole.extend(row.iter().cloned());
-            keyed(&tables::ORDERS_BY_USER, orders_by_user_row(&whole))
+            whole.extend(row.iter().take(described).cloned());
+            let (key, mut values) = keyed(&tables::ORDERS_BY_USER, orders_by_user_row(&whole));
+            values.extend(row.iter().skip(described).cloned());
+            (key, values)
         })
         .collect()
 }
@@ -716,10 +898,20 @@ pub async fn read_postgres(
     pool: &PgPool,
     schema: &str,
 ) -> Result<BTreeMap<&'static str, Rows>, CompareError> {
+    read_postgres_with(pool, schema, &BTreeMap::new()).await
+}
+
+/// [`read_postgres`], with each captured table's added columns.
+async fn read_postgres_with(
+    pool: &PgPool,
+    schema: &str,
+    added: &BTreeMap<&'static str, AddedColumns>,
+) -> Result<BTreeMap<&'static str, Rows>, CompareError> {
     let mut tx = snapshot(pool).await?;
     let mut found = BTreeMap::new();
     for table in tables::CAPTURED {
-        let rows = read_pg_table(&mut tx, schema, table, None, false).await?;
+        let columns = added.get(table.name).map_or(&[][..], |a| a.pg.as_slice());
+        let rows = read_pg_table_with(&mut tx, schema, table, columns, None, false).await?;
         if table.name == tables::ORDERS.name {
             found.insert(tables::ORDERS_BY_USER.name, expected_orders_by_user(&rows));
         }
@@ -738,10 +930,26 @@ pub async fn read_cassandra(
     keyspace: &str,
     table: &Table,
 ) -> Result<Rows, CompareError> {
+    read_cassandra_with(session, opts, keyspace, table, &[]).await
+}
+
+/// [`read_cassandra`], with the columns `added` after the described ones at the end of each row
+/// (NULL for one the table does not hold).
+pub async fn read_cassandra_with(
+    session: &Session,
+    opts: &CompareOptions,
+    keyspace: &str,
+    table: &Table,
+    added: &[(String, Option<ColumnType>)],
+) -> Result<Rows, CompareError> {
     let partition_key = table.key.first().copied().unwrap_or("id");
+    let mut columns = table.column_list();
+    for (name, _) in added.iter().filter(|(_, ty)| ty.is_some()) {
+        columns.push_str(", ");
+        columns.push_str(name);
+    }
     let cql = format!(
-        "SELECT {} FROM {keyspace}.{} WHERE token({partition_key}) >= ? AND token({partition_key}) <= ?",
-        table.column_list(),
+        "SELECT {columns} FROM {keyspace}.{} WHERE token({partition_key}) >= ? AND token({partition_key}) <= ?",
         table.name
     );
     let mut statement = session.prepare(cql.as_str()).await?;
@@ -765,13 +973,20 @@ pub async fn read_cassandra(
                 .map_err(|e| read_error(e.to_string()))?
             {
                 let row = row.map_err(|e| read_error(e.to_string()))?;
+                let mut cells = row.columns.into_iter();
                 let values = table
                     .columns
                     .iter()
-                    .zip(row.columns)
+                    .zip(cells.by_ref())
                     .map(|(column, value)| Value::from_cql(column.ty, value))
                     .collect();
-                let (key, values) = keyed(table, values);
+                let (key, mut values) = keyed(table, values);
+                for (_, ty) in added {
+                    values.push(match ty {
+                        Some(ty) => Value::from_cql(*ty, cells.next().flatten()),
+                        None => Value::Null,
+                    });
+                }
                 rows.insert(key, values);
             }
             match next {
@@ -849,7 +1064,11 @@ mod tests {
         assert_eq!(report.different, 1);
         assert_eq!(
             report.different_columns,
-            BTreeMap::from([("email", 1), ("name", 1), ("updated_at", 1)])
+            BTreeMap::from([
+                ("email".to_owned(), 1),
+                ("name".to_owned(), 1),
+                ("updated_at".to_owned(), 1)
+            ])
         );
         let kinds: Vec<(String, &DifferenceKind)> = report
             .examples
