@@ -13,17 +13,18 @@
 //! fills what Cassandra lacks (a lost table, a column added since the rows last changed).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cdc_core::config::{parse_duration, KafkaArgs, LogArgs, PostgresArgs};
 use cdc_core::topics::ReadFrom;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::verify::quiet::GroupProbe;
 
 #[derive(Debug, clap::Args)]
 pub struct ResnapshotArgs {
@@ -283,9 +284,10 @@ pub async fn run(
     let mut applied_up_to = BTreeMap::new();
     if !args.group.trim().is_empty() {
         let topic = format!("{}.public.{}", args.topic_prefix, table.name);
+        let probe = Arc::new(GroupProbe::new(&kafka, &args.group)?);
         let ends = {
-            let (config, topic) = (kafka.clone(), topic.clone());
-            tokio::task::spawn_blocking(move || end_offsets(&config, &topic)).await??
+            let (probe, topic) = (Arc::clone(&probe), topic.clone());
+            tokio::task::spawn_blocking(move || end_offsets(&probe, &topic)).await??
         };
         eprintln!(
             "resnapshot: waiting for group {} to apply {topic} up to {ends:?}",
@@ -293,14 +295,8 @@ pub async fn run(
         );
         loop {
             let behind = {
-                let (config, topic, group, ends) = (
-                    kafka.clone(),
-                    topic.clone(),
-                    args.group.clone(),
-                    ends.clone(),
-                );
-                tokio::task::spawn_blocking(move || behind(&config, &group, &topic, &ends))
-                    .await??
+                let (probe, topic, ends) = (Arc::clone(&probe), topic.clone(), ends.clone());
+                tokio::task::spawn_blocking(move || behind(&probe, &topic, &ends)).await??
             };
             if behind.is_empty() {
                 break;
@@ -338,59 +334,33 @@ async fn pause(
     }
 }
 
-/// Each partition's end offset. Blocking.
-fn end_offsets(
-    config: &ClientConfig,
-    topic: &str,
-) -> Result<BTreeMap<i32, i64>, rdkafka::error::KafkaError> {
-    let consumer: BaseConsumer = config.create()?;
+/// Each partition's end offset (none for a topic that does not exist). Blocking.
+fn end_offsets(probe: &GroupProbe, topic: &str) -> Result<BTreeMap<i32, i64>, KafkaError> {
     let timeout = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let mut ends = BTreeMap::new();
-    for partition in metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions())
-    {
-        let (_, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
-        ends.insert(partition.id(), high);
+    for partition in probe.partitions(topic, timeout)?.unwrap_or_default() {
+        let (_, high) = probe.watermarks(topic, partition, timeout)?;
+        ends.insert(partition, high);
     }
     Ok(ends)
 }
 
-/// The partitions whose committed offset (of `group`) is below `ends`, with what it is. A probe
-/// that never subscribes, so it never joins the group. Blocking.
+/// The partitions whose committed offset (of the probe's group) is below `ends`, with what it
+/// is. Blocking.
 fn behind(
-    config: &ClientConfig,
-    group: &str,
+    probe: &GroupProbe,
     topic: &str,
     ends: &BTreeMap<i32, i64>,
-) -> Result<BTreeMap<i32, Option<i64>>, rdkafka::error::KafkaError> {
-    let mut config = config.clone();
-    config
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
-    let consumer: BaseConsumer = config.create()?;
-    let mut list = TopicPartitionList::new();
-    for partition in ends.keys() {
-        list.add_partition(topic, *partition);
-    }
-    let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
-    let mut behind = BTreeMap::new();
-    for (partition, end) in ends {
-        let at = committed
-            .find_partition(topic, *partition)
-            .and_then(|elem| match elem.offset() {
-                Offset::Offset(offset) => Some(offset),
-                _ => None,
-            });
-        if at.is_none_or(|at| at < *end) && *end > 0 {
-            behind.insert(*partition, at);
-        }
-    }
-    Ok(behind)
+) -> Result<BTreeMap<i32, Option<i64>>, KafkaError> {
+    let partitions: Vec<i32> = ends.keys().copied().collect();
+    Ok(probe
+        .committed(topic, &partitions, Duration::from_secs(10))?
+        .into_iter()
+        .filter(|(partition, at)| {
+            let end = ends.get(partition).copied().unwrap_or(0);
+            end > 0 && at.is_none_or(|at| at < end)
+        })
+        .collect())
 }
 
 /// Exit status: 0 done, 1 Debezium aborted or the arguments are wrong, 2 could not finish

@@ -184,12 +184,20 @@ impl RateStream {
         self.user_changes + self.order_changes
     }
 
-    fn build(users: usize, orders: usize) -> Result<Self> {
+    /// The positions the stream of `users` and `orders` spans, with room to spare: users are
+    /// created and updated, orders created and updated twice, 1,064 apart.
+    fn span(users: usize, orders: usize) -> i64 {
+        let changes = i64::try_from(users * 2 + orders * 3).unwrap_or(i64::MAX / 4_256);
+        changes.saturating_mul(2 * 1_064)
+    }
+
+    /// The stream, its positions rising from `first_lsn`.
+    fn build(users: usize, orders: usize, first_lsn: i64) -> Result<Self> {
         ensure!(users > 0, "--users must be positive");
         let templates = Templates::load()?;
         let now = Utc::now();
         let mut at = Position {
-            lsn: 1_000_000_000,
+            lsn: first_lsn,
             tx_id: 100_000,
             commit_micros: now.timestamp_micros(),
         };
@@ -344,6 +352,20 @@ impl WriteRate {
     }
 }
 
+/// PostgreSQL's current WAL position, as an LSN number.
+async fn current_wal(database_url: &str) -> Result<i64> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(database_url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let (lsn,): (i64,) = sqlx::query_as("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
+        .fetch_one(&pool)
+        .await?;
+    pool.close().await;
+    Ok(lsn)
+}
+
 pub(super) async fn write_rate(
     ctx: &BenchContext,
     args: &CdcArgs,
@@ -353,7 +375,14 @@ pub(super) async fn write_rate(
     partitions: (i32, i32),
     cleanup: &mut Cleanup,
 ) -> Result<WriteRate> {
-    let stream = RateStream::build(args.users, args.orders)?;
+    // cdcconsumer refuses positions beyond PostgreSQL's WAL: the stream ends below it.
+    let wal = current_wal(&ctx.database_url).await?;
+    let span = RateStream::span(args.users, args.orders);
+    ensure!(
+        wal > span,
+        "PostgreSQL's WAL is at {wal}, below the {span} positions the stream spans"
+    );
+    let stream = RateStream::build(args.users, args.orders, wal - span)?;
     let rf = args.run.replication_factor;
     let (users_topic, orders_topic) =
         common::business_topics(&ctx.brokers, cleanup, "bench_cdc", partitions, rf).await?;
@@ -834,7 +863,7 @@ mod tests {
 
     #[test]
     fn stream_plans_every_change_with_rising_lsn() {
-        let stream = RateStream::build(3, 7).expect("stream");
+        let stream = RateStream::build(3, 7, 1_000_000).expect("stream");
         assert_eq!(stream.records.len(), 3 * 2 + 7 * 3);
         assert_eq!(stream.changes(), stream.records.len());
         // Users: one write per change; orders: orders and orders_by_user.

@@ -337,22 +337,104 @@ async fn slot_position(
     }
 }
 
-/// One consumer per group, used only to read that group's committed offsets: it never
-/// subscribes, so it never joins the group or disturbs its members.
+/// A consumer used only to read one group's committed offsets, and the partitions and watermarks
+/// of its topics: it never subscribes, so it never joins the group or disturbs its members. Its
+/// calls block on the network.
+pub struct GroupProbe {
+    consumer: BaseConsumer,
+}
+
+impl fmt::Debug for GroupProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupProbe").finish_non_exhaustive()
+    }
+}
+
+impl GroupProbe {
+    pub fn new(kafka: &ClientConfig, group: &str) -> Result<Self, KafkaError> {
+        let mut config = kafka.clone();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        Ok(Self {
+            consumer: config.create()?,
+        })
+    }
+
+    /// The partitions of `topic`; `None` when it does not exist.
+    pub fn partitions(
+        &self,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Option<Vec<i32>>, KafkaError> {
+        let metadata = self.consumer.fetch_metadata(Some(topic), timeout)?;
+        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            return Ok(None);
+        };
+        match found.error() {
+            None => Ok(Some(found.partitions().iter().map(|p| p.id()).collect())),
+            Some(error) => match RDKafkaErrorCode::from(error) {
+                RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
+                    Ok(None)
+                }
+                code => Err(KafkaError::MetadataFetch(code)),
+            },
+        }
+    }
+
+    /// The group's committed offset of each of `partitions` of `topic` (`None`: nothing
+    /// committed).
+    pub fn committed(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        timeout: Duration,
+    ) -> Result<Vec<(i32, Option<i64>)>, KafkaError> {
+        let mut list = TopicPartitionList::new();
+        for &partition in partitions {
+            list.add_partition(topic, partition);
+        }
+        let committed = self.consumer.committed_offsets(list, timeout)?;
+        partitions
+            .iter()
+            .map(|&partition| {
+                let offset = match committed.find_partition(topic, partition) {
+                    Some(elem) => {
+                        elem.error()?;
+                        match elem.offset() {
+                            Offset::Offset(offset) => Some(offset),
+                            _ => None,
+                        }
+                    }
+                    None => None,
+                };
+                Ok((partition, offset))
+            })
+            .collect()
+    }
+
+    /// The low and high watermarks of one partition.
+    pub fn watermarks(
+        &self,
+        topic: &str,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<(i64, i64), KafkaError> {
+        self.consumer.fetch_watermarks(topic, partition, timeout)
+    }
+}
+
+/// One probe per group.
 struct GroupProbes {
-    groups: Vec<(GroupTopics, BaseConsumer)>,
+    groups: Vec<(GroupTopics, GroupProbe)>,
 }
 
 impl GroupProbes {
     fn new(opts: &QuietOptions) -> Result<Self, QuietError> {
         let mut groups = Vec::with_capacity(opts.groups.len());
         for group in &opts.groups {
-            let mut config = opts.kafka.clone();
-            config
-                .set("group.id", &group.group)
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false");
-            groups.push((group.clone(), config.create()?));
+            groups.push((group.clone(), GroupProbe::new(&opts.kafka, &group.group)?));
         }
         Ok(Self { groups })
     }
@@ -361,29 +443,16 @@ impl GroupProbes {
     fn check(&self, deadline: Instant) -> Result<Poll<usize>, QuietError> {
         let mut behind = Vec::new();
         let mut partitions = 0;
-        for (group, consumer) in &self.groups {
+        for (group, probe) in &self.groups {
             for topic in &group.topics {
                 let timeout = deadline
                     .saturating_duration_since(Instant::now())
                     .clamp(Duration::from_millis(100), KAFKA_REQUEST_TIMEOUT);
-                let ids = topic_partitions(consumer, topic, timeout)?;
-                let mut list = TopicPartitionList::new();
-                for &partition in &ids {
-                    list.add_partition(topic, partition);
-                }
-                let committed = consumer.committed_offsets(list, timeout)?;
-                for &partition in &ids {
-                    let committed = match committed.find_partition(topic, partition) {
-                        Some(elem) => {
-                            elem.error()?;
-                            match elem.offset() {
-                                Offset::Offset(offset) => Some(offset),
-                                _ => None,
-                            }
-                        }
-                        None => None,
-                    };
-                    let (low, end) = consumer.fetch_watermarks(topic, partition, timeout)?;
+                let ids = probe
+                    .partitions(topic, timeout)?
+                    .ok_or_else(|| QuietError::TopicMissing(topic.clone()))?;
+                for (partition, committed) in probe.committed(topic, &ids, timeout)? {
+                    let (low, end) = probe.watermarks(topic, partition, timeout)?;
                     partitions += 1;
                     if partition_lag(committed, low, end) != 0 {
                         behind.push(Unquiet::GroupLag {
@@ -411,26 +480,6 @@ async fn probes_at_end(
 ) -> Result<Poll<usize>, QuietError> {
     let probes = Arc::clone(probes);
     tokio::task::spawn_blocking(move || probes.check(deadline)).await?
-}
-
-fn topic_partitions(
-    consumer: &BaseConsumer,
-    topic: &str,
-    timeout: Duration,
-) -> Result<Vec<i32>, QuietError> {
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-        return Err(QuietError::TopicMissing(topic.to_owned()));
-    };
-    match found.error() {
-        None => Ok(found.partitions().iter().map(|p| p.id()).collect()),
-        Some(error) => match RDKafkaErrorCode::from(error) {
-            RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
-                Err(QuietError::TopicMissing(topic.to_owned()))
-            }
-            code => Err(QuietError::Kafka(KafkaError::MetadataFetch(code))),
-        },
-    }
 }
 
 #[cfg(test)]
