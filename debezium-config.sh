@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Registers the Debezium PostgreSQL connector with Kafka Connect. Idempotent: PUT /connectors/<name>/config
-# creates the connector or updates it in place, so running this twice is harmless.
+# creates the connector or updates it in place, and a connector whose stored config is already the
+# one built here is not touched, so running this twice is harmless.
 #
 # Before registering, the CDC topics are created (3 partitions, RF 3 by default) when KAFKA_TOPICS_CMD
 # names a kafka-topics tool, so that cdc.public.users and cdc.public.orders exist even while the tables
@@ -168,19 +169,45 @@ config=$(
 }'
 ) || die "building the connector config failed"
 
-# The config (with the password or its reference) goes to curl on stdin; the reply, which repeats
-# it, to a private file that is removed on exit.
-status=$(curl -sS -o "$reply" -w '%{http_code}' -X PUT -H 'Content-Type: application/json' \
-    --data-binary @- "$CONNECT_URL/connectors/$CONNECTOR_NAME/config" <<<"$config") ||
-    die "PUT to $CONNECT_URL failed"
-body=$(jq -c 'if type == "object" and has("config") then .config["database.password"] = "***" else . end' "$reply" 2>/dev/null || cat "$reply")
-case $status in
-    200) log "connector $CONNECTOR_NAME updated" ;;
-    201) log "connector $CONNECTOR_NAME created" ;;
-    *) die "Kafka Connect answered HTTP $status: $body" ;;
-esac
+# A connector whose stored config already equals this one is left alone: a PUT restarts the
+# connector even when nothing changed, and a restart is a chance for its status to be lost (a
+# restarted connector has been seen to stay UNASSIGNED while its task ran).
+current=$(curl -fsS "$CONNECT_URL/connectors/$CONNECTOR_NAME/config" 2>/dev/null || true)
+if [[ -n $current ]] &&
+    [[ $(jq -S 'del(.name)' <<<"$current" 2>/dev/null) == "$(jq -S . <<<"$config")" ]]; then
+    log "connector $CONNECTOR_NAME unchanged"
+else
+    # The config (with the password or its reference) goes to curl on stdin; the reply, which
+    # repeats it, to a private file that is removed on exit.
+    status=$(curl -sS -o "$reply" -w '%{http_code}' -X PUT -H 'Content-Type: application/json' \
+        --data-binary @- "$CONNECT_URL/connectors/$CONNECTOR_NAME/config" <<<"$config") ||
+        die "PUT to $CONNECT_URL failed"
+    body=$(jq -c 'if type == "object" and has("config") then .config["database.password"] = "***" else . end' "$reply" 2>/dev/null || cat "$reply")
+    case $status in
+        200) log "connector $CONNECTOR_NAME updated" ;;
+        201) log "connector $CONNECTOR_NAME created" ;;
+        *) die "Kafka Connect answered HTTP $status: $body" ;;
+    esac
+fi
 
+# A connector reported UNASSIGNED for 30 s while its task runs is restarted once: its status was
+# lost in a rebalance or a restart, and only a new start writes it again.
+unassigned_since=
+restarted=
 until connector_running; do
+    if [[ -z $restarted ]] &&
+        curl -fsS "$CONNECT_URL/connectors/$CONNECTOR_NAME/status" 2>/dev/null |
+        jq -e '.connector.state == "UNASSIGNED"' >/dev/null 2>&1; then
+        unassigned_since=${unassigned_since:-$SECONDS}
+        if ((SECONDS - unassigned_since >= 30)); then
+            log "connector $CONNECTOR_NAME UNASSIGNED for 30s: restarting it"
+            curl -fsS -o /dev/null -X POST "$CONNECT_URL/connectors/$CONNECTOR_NAME/restart" ||
+                log "restart request failed"
+            restarted=1
+        fi
+    else
+        unassigned_since=
+    fi
     if ((SECONDS >= deadline)); then
         curl -sS "$CONNECT_URL/connectors/$CONNECTOR_NAME/status" >&2 || true
         die "connector $CONNECTOR_NAME and its task were not RUNNING within ${WAIT_SECONDS}s"
