@@ -231,13 +231,7 @@ fn row(image: &Image, table: &Table, encoding: &Encoding) -> Result<Vec<Col>, En
     table
         .columns
         .iter()
-        .map(|column| {
-            Ok(match image.get_with(column.name, column.ty, encoding)? {
-                Field::Null => Field::Null,
-                Field::Unavailable => Field::Unavailable,
-                Field::Value(cell) => Field::Value(cql(column.name, column.ty, cell)?),
-            })
-        })
+        .map(|column| cell_of(image, column.name, column.ty, encoding))
         .collect()
 }
 
@@ -342,18 +336,27 @@ fn added_columns(
                 .into())
             }
         };
-        let value = match image.get_with(name, ty, encoding)? {
-            Field::Null => Field::Null,
-            Field::Unavailable => Field::Unavailable,
-            Field::Value(cell) => Field::Value(cql(name, ty, cell)?),
-        };
         extra.push(ExtraCell {
             name: Arc::from(name),
             ty,
-            value,
+            value: cell_of(image, name, ty, encoding)?,
         });
     }
     Ok(extra)
+}
+
+/// One column of `image` as the CQL value of a column of type `ty`.
+fn cell_of(
+    image: &Image,
+    name: &str,
+    ty: ColumnType,
+    encoding: &Encoding,
+) -> Result<Col, EnvelopeError> {
+    Ok(match image.get_with(name, ty, encoding)? {
+        Field::Null => Field::Null,
+        Field::Unavailable => Field::Unavailable,
+        Field::Value(cell) => Field::Value(cql(name, ty, cell)?),
+    })
 }
 
 /// The single uuid key of a captured table's row.
@@ -410,7 +413,7 @@ pub fn plan(
         }
         Op::Create | Op::Read | Op::Update => {
             let after = change.after.as_ref().ok_or_else(|| missing("after"))?;
-            let extra = added_columns(after, change, table, lsn, registry, encoding)?;
+            let mut extra = added_columns(after, change, table, lsn, registry, encoding)?;
             let mut cells = row(after, table, encoding)?;
             let id = key(table, &cells)?;
             let mut writes = Vec::with_capacity(3);
@@ -437,6 +440,12 @@ pub fn plan(
                             if matches!(cell, Field::Unavailable) {
                                 *cell = previous;
                             }
+                        }
+                        for added in extra
+                            .iter_mut()
+                            .filter(|added| matches!(added.value, Field::Unavailable))
+                        {
+                            added.value = cell_of(before, &added.name, added.ty, encoding)?;
                         }
                     }
                 }
@@ -851,11 +860,16 @@ mod tests {
 
     /// The field schemas of the record's `after` image.
     fn after_fields(record: &mut Value) -> &mut Vec<Value> {
+        image_fields(record, "after")
+    }
+
+    /// The field schemas of the record's `image` ("before" or "after").
+    fn image_fields<'a>(record: &'a mut Value, image: &str) -> &'a mut Vec<Value> {
         record["value"]["schema"]["fields"]
             .as_array_mut()
-            .and_then(|images| images.iter_mut().find(|f| f["field"] == "after"))
-            .and_then(|after| after["fields"].as_array_mut())
-            .expect("after fields")
+            .and_then(|images| images.iter_mut().find(|f| f["field"] == image))
+            .and_then(|fields| fields["fields"].as_array_mut())
+            .expect("image fields")
     }
 
     /// Declares `field` (a Connect field schema) in the record's `after` image and sets its value.
@@ -950,6 +964,41 @@ mod tests {
             plan_with(&record, &Registry::default()),
             Err(PlanError::Drift(Drift::Unmirrorable { .. }))
         ));
+    }
+
+    #[test]
+    fn an_added_column_unchanged_in_toast_moves_with_its_order_to_the_new_user() {
+        let mut record = fixture("orders_u");
+        let note = serde_json::json!({"type": "string", "optional": true, "field": "gift_note"});
+        declare(&mut record, note.clone(), Value::from(debezium::UNAVAILABLE));
+        image_fields(&mut record, "before").push(note);
+        payload(&mut record)["before"]["gift_note"] = Value::from("with love");
+        // The user stays: the unchanged value is left unset everywhere.
+        let Ok(Planned::Writes(plan)) = plan_with(&record, &Registry::default()) else {
+            panic!("no plan");
+        };
+        for write in &plan.writes {
+            assert_eq!(write.cell("gift_note"), Some(&Field::Unavailable));
+        }
+        // The order moves: the new orders_by_user row is written whole, the added column from
+        // the before image.
+        payload(&mut record)["after"]["user_id"] =
+            Value::from("0b7a4b2e-3a40-4d8e-9a53-8d0b6b1a7f11");
+        let Ok(Planned::Writes(plan)) = plan_with(&record, &Registry::default()) else {
+            panic!("no plan");
+        };
+        assert_eq!(
+            names(&plan.writes),
+            [
+                ("orders_by_user", false),
+                ("orders", true),
+                ("orders_by_user", true)
+            ]
+        );
+        assert_eq!(
+            plan.writes[2].cell("gift_note"),
+            Some(&Field::Value(CqlValue::Text("with love".into())))
+        );
     }
 
     #[test]
