@@ -19,6 +19,8 @@
 #   CONNECT_URL            Kafka Connect REST endpoint            (http://127.0.0.1:8083)
 #   DATABASE_HOSTNAME      PostgreSQL host as Connect sees it     (127.0.0.1)
 #   DATABASE_PORT          PostgreSQL port                        (5432)
+#   DATABASE_SSLMODE       disable | allow | prefer | require | verify-ca | verify-full  (prefer)
+#   DATABASE_SSLROOTCERT   CA certificate (PEM) as the Connect worker sees it, for verify-ca/-full
 #   KAFKA_BOOTSTRAP        bootstrap servers for KAFKA_TOPICS_CMD
 #   KAFKA_TOPICS_CMD       path of kafka-topics(.sh); empty = leave topic creation to Connect
 #   TOPIC_REPLICATION_FACTOR, CDC_TOPIC_PARTITIONS
@@ -70,6 +72,12 @@ WAIT_SECONDS=${WAIT_SECONDS:-180}
 SIGNAL_TABLE=${DEBEZIUM_SIGNAL_TABLE:-public.debezium_signal}
 NOTIFICATION_TOPIC=${DEBEZIUM_NOTIFICATION_TOPIC:-$TOPIC_PREFIX.notifications}
 KAFKA_TOPICS_CMD=${KAFKA_TOPICS_CMD:-}
+DATABASE_SSLMODE=${DATABASE_SSLMODE:-prefer}
+DATABASE_SSLROOTCERT=${DATABASE_SSLROOTCERT:-}
+case $DATABASE_SSLMODE in
+    disable | allow | prefer | require | verify-ca | verify-full) ;;
+    *) printf 'debezium-config: error: DATABASE_SSLMODE=%s is not a PostgreSQL sslmode\n' "$DATABASE_SSLMODE" >&2; exit 2 ;;
+esac
 
 log() { printf '%s debezium-config: %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf 'debezium-config: error: %s\n' "$*" >&2; exit 1; }
@@ -133,6 +141,7 @@ config=$(
         UNAVAILABLE_PLACEHOLDER=$UNAVAILABLE_PLACEHOLDER MAX_MESSAGE_BYTES=$MAX_MESSAGE_BYTES \
         HEARTBEAT_INTERVAL_MS=$HEARTBEAT_INTERVAL_MS RF=$RF PARTITIONS=$PARTITIONS \
         SIGNAL_TABLE=$SIGNAL_TABLE NOTIFICATION_TOPIC=$NOTIFICATION_TOPIC \
+        DATABASE_SSLMODE=$DATABASE_SSLMODE DATABASE_SSLROOTCERT=$DATABASE_SSLROOTCERT \
         jq -n '{
   "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
   "tasks.max": "1",
@@ -142,6 +151,7 @@ config=$(
   "database.user": env.DB_USER,
   "database.password": env.DB_PASSWORD_REF,
   "database.dbname": env.DB,
+  "database.sslmode": env.DATABASE_SSLMODE,
   "topic.prefix": env.TOPIC_PREFIX,
   "table.include.list": env.TABLES,
   "slot.name": env.SLOT,
@@ -166,7 +176,7 @@ config=$(
   "topic.creation.default.replication.factor": env.RF,
   "topic.creation.default.partitions": env.PARTITIONS,
   "errors.max.retries": "-1"
-}'
+} + (if env.DATABASE_SSLROOTCERT != "" then {"database.sslrootcert": env.DATABASE_SSLROOTCERT} else {} end)'
 ) || die "building the connector config failed"
 
 # A connector whose stored config already equals this one is left alone: a PUT restarts the

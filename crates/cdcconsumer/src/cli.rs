@@ -402,6 +402,16 @@ async fn check_source(
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let reset = "see docs/operations.md, \"A re-initialised database\"";
+    // A source that refuses these credentials or this certificate will not change its mind:
+    // one clear error now rather than retries for the whole budget.
+    if let Err(error) = guard.system_identifier().await {
+        if error.is_refusal() {
+            bail!(
+                "PostgreSQL refused the connection: {error} (check the user, password, sslmode \
+                 and sslrootcert in --database-url / DATABASE_URL_FILE)"
+            );
+        }
+    }
     let identifier = retry(
         "ask the source for its system identifier",
         budget,

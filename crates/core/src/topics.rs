@@ -1,12 +1,18 @@
 //! Topic administration: create the topics the pipeline needs with their partition counts and
 //! replication factor, and refuse to silently use a topic that exists with other settings.
+//!
+//! It is also each binary's first contact with Kafka, so it tells a cluster that refuses the
+//! client (wrong password, untrusted certificate, plaintext against a TLS listener) from one that
+//! is merely unreachable: the first is [`TopicError::Refused`] at once, never retried.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 /// A topic as the pipeline wants it.
@@ -61,6 +67,11 @@ pub enum TopicError {
     Unverified { topic: String, timeout: Duration },
     #[error("Kafka admin request failed: {0}")]
     Kafka(#[from] KafkaError),
+    #[error(
+        "Kafka refused the connection: {0} (check security.protocol, the SASL user and password \
+         and ssl.ca.location in --kafka-config / --kafka-option)"
+    )]
+    Refused(String),
 }
 
 impl TopicError {
@@ -79,6 +90,124 @@ impl TopicError {
                     | RDKafkaErrorCode::NotEnoughReplicas
             ),
             Self::Kafka(_) => true,
+            Self::Refused(_) => false,
+        }
+    }
+}
+
+/// A client context that remembers the last access failure librdkafka reported: authentication
+/// refused, a TLS handshake that failed (an untrusted certificate, say), or a connection closed
+/// during the first request (a plaintext client on a TLS or SASL listener). librdkafka retries
+/// those forever and reports them only through this callback, served when the client is polled.
+#[derive(Debug, Clone, Default)]
+pub struct AccessWatch {
+    refused: Arc<Mutex<Option<String>>>,
+    /// The last connection the broker closed while answering the first request: a TLS or SASL
+    /// listener does that to a plaintext client, but so may a broker that is shutting down.
+    closed_at_first_request: Arc<Mutex<Option<String>>>,
+}
+
+impl AccessWatch {
+    /// The last access failure, if any.
+    pub fn refused(&self) -> Option<String> {
+        self.refused.lock().ok().and_then(|last| last.clone())
+    }
+
+    /// The last connection closed during the first request, if any.
+    pub fn closed_at_first_request(&self) -> Option<String> {
+        self.closed_at_first_request
+            .lock()
+            .ok()
+            .and_then(|last| last.clone())
+    }
+}
+
+/// How long connections closed at the first request may go on before a probe calls it a
+/// protocol mismatch rather than a broker going down.
+const MISMATCH_AFTER: Duration = Duration::from_secs(5);
+
+/// Whether an error librdkafka reports means the cluster refuses this client's settings.
+pub fn is_access_failure(code: Option<RDKafkaErrorCode>, reason: &str) -> bool {
+    matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::SSL
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+        )
+    ) || reason.contains("incorrect security.protocol")
+}
+
+impl ClientContext for AccessWatch {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        if facility == "FAIL" && message.contains("in state APIVERSION_QUERY") {
+            if let Ok(mut last) = self.closed_at_first_request.lock() {
+                *last = Some(message.to_owned());
+            }
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => {
+                tracing::debug!(target: "librdkafka", facility, "{message}");
+            }
+            _ => tracing::trace!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if is_access_failure(error.rdkafka_error_code(), reason) {
+            if let Ok(mut last) = self.refused.lock() {
+                *last = Some(reason.to_owned());
+            }
+        } else {
+            tracing::debug!(target: "librdkafka", %error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl ProducerContext for AccessWatch {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
+/// Waits up to `timeout` for the cluster to answer a metadata request. An access failure ends
+/// the wait at once as [`TopicError::Refused`]: a wrong password or CA does not pass by itself.
+/// The probe is a producer that sends nothing: polling it serves librdkafka's error reports.
+pub fn reach(config: &ClientConfig, timeout: Duration) -> Result<(), TopicError> {
+    // librdkafka reports a closed connection at level info: the probe asks for it whatever the
+    // binary's log level (the context keeps it out of the log).
+    let mut config = config.clone();
+    config.set_log_level(RDKafkaLogLevel::Info);
+    let probe: BaseProducer<AccessWatch> = config.create_with_context(AccessWatch::default())?;
+    let started = Instant::now();
+    let deadline = started + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let error = match probe
+            .client()
+            .fetch_metadata(None, left.min(Duration::from_secs(1)))
+        {
+            Ok(_) => return Ok(()),
+            Err(error) => error,
+        };
+        probe.poll(Duration::from_millis(100));
+        if let Some(reason) = probe.context().refused() {
+            return Err(TopicError::Refused(reason));
+        }
+        if let Some(closed) = probe.context().closed_at_first_request() {
+            if started.elapsed() >= MISMATCH_AFTER {
+                return Err(TopicError::Refused(format!(
+                    "{closed}; for {MISMATCH_AFTER:?} every connection was closed at the first \
+                     request, as a TLS or SASL listener does to a plaintext client"
+                )));
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(error.into());
         }
     }
 }
@@ -181,6 +310,7 @@ pub async fn ensure_topics_with(
     specs: &[TopicSpec],
     timeout: Duration,
 ) -> Result<Vec<TopicOutcome>, TopicError> {
+    reach(config, timeout)?;
     let admin: AdminClient<DefaultClientContext> = config.create()?;
     let mut outcomes = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -354,6 +484,29 @@ pub fn scan_to_end(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_failures_are_told_from_brokers_going_away() {
+        let refused = |code, reason| is_access_failure(Some(code), reason);
+        assert!(refused(
+            RDKafkaErrorCode::Authentication,
+            "SASL authentication error"
+        ));
+        assert!(refused(RDKafkaErrorCode::SSL, "SSL handshake failed"));
+        assert!(is_access_failure(
+            Some(RDKafkaErrorCode::BrokerTransportFailure),
+            "might be caused by incorrect security.protocol configuration"
+        ));
+        assert!(!refused(
+            RDKafkaErrorCode::AllBrokersDown,
+            "1/1 brokers are down"
+        ));
+        assert!(!refused(
+            RDKafkaErrorCode::BrokerTransportFailure,
+            "Connect to ipv4#127.0.0.1:9092 failed: Connection refused"
+        ));
+        assert!(!TopicError::Refused("wrong password".into()).is_retryable());
+    }
 
     #[test]
     fn mismatch_is_reported_with_both_layouts() {

@@ -108,7 +108,8 @@ impl Stack {
                 .cloned()
                 .with_context(|| format!("{key} missing in topology.env"))
         };
-        let lite = profile == "lite";
+        // the secure profile has the lite topology
+        let lite = profile == "lite" || profile == "secure";
         let brokers = if lite {
             "127.0.0.1:9092".to_owned()
         } else {

@@ -249,3 +249,83 @@ async fn connects_rest_api_never_serves_the_replication_password() -> Result<()>
     );
     Ok(())
 }
+
+/// Every command line in the process list, as text.
+fn command_lines() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .collect()
+}
+
+/// debezium-config.sh with the password inside the connector config (no secrets file): while it
+/// runs, no process's command line holds the password. The probe connector points at a closed
+/// port, so Connect refuses it at validation and nothing is created; the config still goes to
+/// Connect (by curl, on its stdin), which is the moment that matters.
+#[tokio::test]
+async fn debezium_config_keeps_the_password_off_every_command_line() -> Result<()> {
+    let _guard = shared().await;
+    let stack = Stack::from_env()?;
+    let port = stack
+        .topology
+        .get("CONNECT_PORT")
+        .context("CONNECT_PORT missing from the topology")?;
+    let name = unique_name("ps_probe");
+    let password = unique_name("s3cret_for_ps");
+    let mut child = std::process::Command::new("bash")
+        .arg(stack_tests::repo_root().join("debezium-config.sh"))
+        .env("CONNECT_URL", format!("http://127.0.0.1:{port}"))
+        .env("CONNECTOR_NAME", &name)
+        .env("DATABASE_PORT", "1")
+        .env("POSTGRES_REPLICATION_PASSWORD", &password)
+        .env("WAIT_SECONDS", "20")
+        .env_remove("CONNECT_SECRETS_FILE")
+        .env_remove("KAFKA_TOPICS_CMD")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let put = format!("/connectors/{name}/config");
+    let (mut samples, mut saw_put) = (0_u32, false);
+    let status = loop {
+        for line in command_lines() {
+            ensure!(
+                !line.contains(&password),
+                "a command line holds the password: {line}"
+            );
+            saw_put |= line.contains("curl") && line.contains(&put);
+        }
+        samples += 1;
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        ensure!(samples < 20_000, "debezium-config.sh did not finish");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    // Connect validates the config by connecting to port 1, and refuses it.
+    ensure!(
+        !status.success(),
+        "a connector on a closed port was accepted"
+    );
+    ensure!(
+        saw_put,
+        "the PUT to Connect was never seen in {samples} looks at the process list"
+    );
+    let (code, _) = stack_tests::process::http_get(
+        &format!("127.0.0.1:{port}"),
+        &format!("/connectors/{name}"),
+    )
+    .await?;
+    ensure!(code == 404, "the probe connector exists (HTTP {code})");
+    Ok(())
+}

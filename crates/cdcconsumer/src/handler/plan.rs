@@ -970,7 +970,11 @@ mod tests {
     fn an_added_column_unchanged_in_toast_moves_with_its_order_to_the_new_user() {
         let mut record = fixture("orders_u");
         let note = serde_json::json!({"type": "string", "optional": true, "field": "gift_note"});
-        declare(&mut record, note.clone(), Value::from(debezium::UNAVAILABLE));
+        declare(
+            &mut record,
+            note.clone(),
+            Value::from(debezium::UNAVAILABLE),
+        );
         image_fields(&mut record, "before").push(note);
         payload(&mut record)["before"]["gift_note"] = Value::from("with love");
         // The user stays: the unchanged value is left unset everywhere.

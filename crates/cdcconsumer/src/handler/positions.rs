@@ -18,6 +18,19 @@ pub const IMPOSSIBLE_POSITION: &str = "impossible_position";
 #[error("asking PostgreSQL for its WAL position failed: {0}")]
 pub struct GuardError(#[from] sqlx::Error);
 
+impl GuardError {
+    /// Whether PostgreSQL refused this client rather than failed it: a wrong password or user,
+    /// pg_hba.conf rejecting the connection (SQLSTATE class 28), or a certificate the client does
+    /// not trust. Retrying cannot help until a person changes the settings.
+    pub fn is_refusal(&self) -> bool {
+        match &self.0 {
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("28")),
+            sqlx::Error::Tls(_) => true,
+            _ => false,
+        }
+    }
+}
+
 impl cdc_core::retry::Classify for GuardError {
     fn is_transient(&self) -> bool {
         true
