@@ -476,13 +476,60 @@ fn read_rss_kib(pid: &str) -> Option<u64> {
 /// User + system CPU time of every thread of `pid` so far, from /proc/<pid>/stat (`self` for this
 /// process). The kernel counts it in USER_HZ ticks, 100 per second on Linux.
 pub fn cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After the command name in parentheses: state is field 3, utime 14 and stime 15.
+    stat_times(pid).map(|(own, _)| own)
+}
+
+/// Where the stack keeps its state: `CDC_STACK_DIR` (`stack.sh env` prints it) or the clone's
+/// `.stack`.
+pub fn stack_dir() -> PathBuf {
+    std::env::var_os("CDC_STACK_DIR").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.stack")),
+        PathBuf::from,
+    )
+}
+
+/// CPU time PostgreSQL has used so far, all its processes: the postmaster's own and that of its
+/// children already gone (the kernel adds a reaped child's time to its parent's `cutime` and
+/// `cstime`), plus every live child's. `None` when the stack's PostgreSQL is not found.
+pub fn postgres_cpu_seconds() -> Option<f64> {
+    let home = std::fs::read_to_string(stack_dir().join("postgres.home")).ok()?;
+    let pid_file =
+        std::fs::read_to_string(Path::new(home.trim()).join("data/postmaster.pid")).ok()?;
+    let postmaster = pid_file.lines().next()?.trim().to_owned();
+    let (own, reaped) = stat_times(&postmaster)?;
+    let mut total = own + reaped;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if pid.bytes().all(|b| b.is_ascii_digit())
+            && parent_of(&pid).as_deref() == Some(&postmaster)
+        {
+            total += stat_times(&pid).map_or(0.0, |(own, _)| own);
+        }
+    }
+    Some(total)
+}
+
+/// The fields of /proc/<pid>/stat after the command name (which may hold spaces).
+fn stat_fields(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+fn parent_of(pid: &str) -> Option<String> {
+    stat_fields(pid)?.get(1).cloned()
+}
+
+/// (utime + stime, cutime + cstime) in seconds.
+fn stat_times(pid: &str) -> Option<(f64, f64)> {
+    let fields = stat_fields(pid)?;
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
     #[allow(clippy::cast_precision_loss)]
-    Some(ticks as f64 / 100.0)
+    Some((
+        (ticks(11)? + ticks(12)?) as f64 / 100.0,
+        (ticks(13)? + ticks(14)?) as f64 / 100.0,
+    ))
 }
 
 /// Samples the process's memory and CPU time until it is gone; returns the highest memory seen and

@@ -189,6 +189,9 @@ struct Sample {
     /// Consumer binary only: peak RSS and its own summary.
     peak_rss_kib: Option<u64>,
     summary: Option<String>,
+    /// Consumer binary only: CPU-seconds of the consumer's whole process, and of PostgreSQL (all
+    /// its processes) from the consumer's spawn to its exit.
+    cpu: Option<(f64, f64)>,
     /// COPY only: seconds spent completing COPYs (CopyDone → CommandComplete).
     copy_done: Option<f64>,
 }
@@ -386,6 +389,7 @@ async fn run_ours(
         .env("LOG_LEVEL", "warn");
     kafka_env(&mut command, &setup.kafka);
     let started = Instant::now();
+    let postgres_before = common::postgres_cpu_seconds();
     let mut subject = Subject::spawn(command)?;
     let applied = wait_applied(
         &setup.pool,
@@ -411,11 +415,15 @@ async fn run_ours(
         finished.status,
         tail(&finished.stderr, 40)
     );
+    let postgres = common::postgres_cpu_seconds()
+        .zip(postgres_before)
+        .map(|(after, before)| after - before);
     let summary = summarise_consumer(&finished.stdout)?;
     Ok(Sample {
         applied,
         busy_before,
         peak_rss_kib: finished.peak_rss_kib,
+        cpu: finished.cpu_seconds.zip(postgres),
         summary: Some(summary),
         copy_done: None,
     })
@@ -582,6 +590,7 @@ async fn run_loop(
         applied,
         busy_before,
         peak_rss_kib: None,
+        cpu: None,
         summary: None,
         copy_done: copy_done.map(|d| d.as_secs_f64()),
     })
@@ -735,6 +744,23 @@ fn report(
             max,
             rss.len()
         );
+        let per_10k = |cpu: f64| cpu * 10_000.0 / events;
+        let (ours, postgres): (Vec<f64>, Vec<f64>) = runs
+            .iter()
+            .filter_map(|s| s.cpu)
+            .map(|(ours, postgres)| (per_10k(ours), per_10k(postgres)))
+            .unzip();
+        if !ours.is_empty() {
+            println!(
+                "CPU per 10,000 events (median over {} runs): consumer {:.2} s (its whole process), \
+                 PostgreSQL {:.2} s (all its processes from the consumer's spawn to its exit, the \
+                 walsender Debezium reads through included): consumer/PostgreSQL = {:.2}x",
+                ours.len(),
+                median(&ours),
+                median(&postgres),
+                median(&ours) / median(&postgres)
+            );
+        }
         if let Some(summary) = runs.last().and_then(|s| s.summary.as_deref()) {
             println!("consumer binary's own summary (last run): {summary}");
         }

@@ -15,7 +15,7 @@ use cdc_core::retry::retry;
 use cdc_core::runtime::{self, RunEnd};
 use cdc_core::topics::{ensure_topics_with, TopicSpec};
 use chrono::{DateTime, Utc};
-use clap::{Subcommand, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::cassandra::{self, CassandraArgs, Statements};
@@ -548,6 +548,45 @@ pub fn verify_exit_code(outcome: anyhow::Result<Verdict>) -> i32 {
         Err(error) => {
             eprintln!("error: {error:#}");
             2
+        }
+    }
+}
+
+/// The binary's `main` ([`cdc_core::shutdown::block_on`] says why it lives here).
+pub fn main() -> anyhow::Result<()> {
+    let options = Options::parse();
+    cdc_core::shutdown::block_on(dispatch(options))
+}
+
+async fn dispatch(options: Options) -> anyhow::Result<()> {
+    match options.command {
+        None => {
+            options.run.common.log.init();
+            run(options.run, cdc_core::shutdown::install()).await
+        }
+        Some(Command::Verify(args)) => {
+            args.common.log.init();
+            std::process::exit(verify_exit_code(verify(*args).await))
+        }
+        Some(Command::Resnapshot(args)) => {
+            args.log.init();
+            let outcome = crate::resnapshot::run(&args, cdc_core::shutdown::install()).await;
+            std::process::exit(crate::resnapshot::exit_code(&outcome))
+        }
+        Some(Command::Columns(args)) => {
+            args.log.init();
+            match crate::columns::run_command(&args).await {
+                Ok(()) => Ok(()),
+                Err(error) => {
+                    tracing::error!(%error, "cdcconsumer columns");
+                    eprintln!("error: {error}");
+                    std::process::exit(error.exit_code())
+                }
+            }
+        }
+        Some(Command::Dlq(args)) => {
+            args.command.log().init();
+            std::process::exit(dlq(*args).await)
         }
     }
 }

@@ -176,3 +176,13 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
     tracing::info!("console stopped");
     Ok(())
 }
+
+/// The binary's `main` ([`cdc_core::shutdown::block_on`] says why it lives here).
+pub fn main() -> anyhow::Result<()> {
+    let options = <Options as clap::Parser>::parse();
+    options.log.init();
+    cdc_core::shutdown::block_on(async {
+        let shutdown = cdc_core::shutdown::install();
+        run(options, shutdown).await
+    })
+}

@@ -1,10 +1,5 @@
-use clap::Parser;
-use console::cli::{self, Options};
+//! `console`: the pipeline's web console. See the crate's library ([`console::cli`]).
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let options = Options::parse();
-    options.log.init();
-    let shutdown = cdc_core::shutdown::install();
-    cli::run(options, shutdown).await
+fn main() -> anyhow::Result<()> {
+    console::cli::main()
 }

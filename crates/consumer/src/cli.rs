@@ -251,3 +251,20 @@ pub fn report_end(topic: &str, end: &Result<RunEnd, runtime::RuntimeError>, summ
         }
     }
 }
+
+/// The binary's `main` ([`cdc_core::shutdown::block_on`] says why it lives here).
+pub fn main() -> anyhow::Result<()> {
+    let options = <Options as clap::Parser>::parse();
+    cdc_core::shutdown::block_on(async {
+        match options.command {
+            None => {
+                options.run.log.init();
+                run(options.run, cdc_core::shutdown::install()).await
+            }
+            Some(Command::Dlq(args)) => {
+                args.command.log().init();
+                std::process::exit(dlq(args).await)
+            }
+        }
+    })
+}

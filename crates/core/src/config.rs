@@ -328,12 +328,23 @@ pub fn read_secret_file(path: &str) -> Result<Secret, String> {
     Ok(Secret::from(secret))
 }
 
+/// A batch's size limit unless `--max-batch-bytes` says otherwise: 1 MiB, about 200 of Debezium's
+/// envelopes with their embedded schemas (the consumer's events are far smaller, so its batches end
+/// at `--max-batch` records first).
+pub const DEFAULT_MAX_BATCH_BYTES: u64 = 1024 * 1024;
+
 /// How the per-partition runtime consumes: the same for the consumer and the cdcconsumer.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RuntimeArgs {
     /// Most records handled in one batch.
     #[arg(long, env = "MAX_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch: u32,
+
+    /// Most bytes (record keys and payloads) in one batch; a batch ends at `--max-batch` records
+    /// or at this size, whichever comes first. What a partition holds in memory is about
+    /// `--pipeline` batches of this size. A larger record makes a batch on its own.
+    #[arg(long, env = "MAX_BATCH_BYTES", default_value_t = DEFAULT_MAX_BATCH_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batch_bytes: u64,
 
     /// Stop after this many seconds without a record (and nothing in flight or stalled); 0 runs
     /// until SIGINT/SIGTERM.
@@ -362,6 +373,7 @@ impl Default for RuntimeArgs {
     fn default() -> Self {
         Self {
             max_batch: 500,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             idle_timeout_secs: 10,
             drain_timeout: runtime::DEFAULT_DRAIN_TIMEOUT,
             give_up_after: DEFAULT_GIVE_UP_AFTER,
@@ -375,6 +387,7 @@ impl RuntimeArgs {
     pub fn options(&self) -> RuntimeOptions {
         RuntimeOptions {
             max_batch: usize::try_from(self.max_batch).unwrap_or(usize::MAX),
+            max_batch_bytes: usize::try_from(self.max_batch_bytes).unwrap_or(usize::MAX),
             idle_timeout: (self.idle_timeout_secs > 0)
                 .then(|| Duration::from_secs(self.idle_timeout_secs)),
             drain_timeout: self.drain_timeout,

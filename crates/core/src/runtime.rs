@@ -83,6 +83,10 @@ pub trait BatchHandler: Send + Sync + 'static {
 pub struct RuntimeOptions {
     /// Most records handed to the handler at once.
     pub max_batch: usize,
+    /// Most bytes (keys and payloads) in one batch: a batch is full at `max_batch` records or
+    /// once it holds this many bytes, whichever comes first, so what a partition holds in memory
+    /// is bounded by size as well as by count. A record larger than the limit makes a batch alone.
+    pub max_batch_bytes: usize,
     /// How long a task waits for records not yet fetched once its batch has one; records already
     /// fetched join the batch at once (up to `max_batch`), whatever the linger.
     pub batch_linger: Duration,
@@ -108,6 +112,7 @@ impl Default for RuntimeOptions {
     fn default() -> Self {
         Self {
             max_batch: 500,
+            max_batch_bytes: usize::MAX,
             batch_linger: Duration::from_millis(20),
             pipeline: 1,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
@@ -544,6 +549,47 @@ struct PartitionWorker<H: BatchHandler> {
     stalled: Stalled,
 }
 
+/// The batch a partition worker is filling: full at `max_batch` records or `max_batch_bytes`
+/// bytes of keys and payloads, whichever comes first.
+struct Filling {
+    records: Vec<OwnedMessage>,
+    bytes: usize,
+    max_records: usize,
+    max_bytes: usize,
+}
+
+impl Filling {
+    fn new(options: &RuntimeOptions) -> Self {
+        let max_records = options.max_batch.max(1);
+        Self {
+            records: Vec::with_capacity(max_records),
+            bytes: 0,
+            max_records,
+            max_bytes: options.max_batch_bytes.max(1),
+        }
+    }
+
+    fn push(&mut self, message: OwnedMessage) {
+        self.bytes +=
+            message.payload().map_or(0, <[u8]>::len) + message.key().map_or(0, <[u8]>::len);
+        self.records.push(message);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    fn is_full(&self) -> bool {
+        self.records.len() >= self.max_records || self.bytes >= self.max_bytes
+    }
+
+    /// The records so far, leaving the batch empty.
+    fn take(&mut self) -> Vec<OwnedMessage> {
+        self.bytes = 0;
+        std::mem::replace(&mut self.records, Vec::with_capacity(self.max_records))
+    }
+}
+
 /// A stall in progress: the partition is marked stalled (and busy) until a batch is durable again.
 struct Stall {
     restarts: u32,
@@ -563,9 +609,8 @@ impl<H: BatchHandler> PartitionWorker<H> {
     async fn run(self, consumer: Weak<PartitionedConsumer<H>>, _done: DoneGuard) {
         let (topic, partition) = (self.topic.clone(), self.partition);
         let depth = self.options.pipeline.max(1);
-        let max_batch = self.options.max_batch.max(1);
         let mut in_flight: FuturesOrdered<BatchFuture> = FuturesOrdered::new();
-        let mut batch: Vec<OwnedMessage> = Vec::with_capacity(max_batch);
+        let mut batch = Filling::new(&self.options);
         // Records to hand over again after a restart, ahead of anything in the queue.
         let mut replay: VecDeque<OwnedMessage> = VecDeque::new();
         // Batches of one generation share a token, so a restart can stop the later ones.
@@ -575,7 +620,7 @@ impl<H: BatchHandler> PartitionWorker<H> {
         let mut linger_until = tokio::time::Instant::now();
         loop {
             // Replayed records come first, in their order, without waiting.
-            while batch.len() < max_batch {
+            while !batch.is_full() {
                 let Some(message) = replay.pop_front() else {
                     break;
                 };
@@ -587,9 +632,9 @@ impl<H: BatchHandler> PartitionWorker<H> {
             let room = in_flight.len() < depth && !self.cancel.is_cancelled();
             let ready = room
                 && !batch.is_empty()
-                && (batch.len() >= max_batch || tokio::time::Instant::now() >= linger_until);
+                && (batch.is_full() || tokio::time::Instant::now() >= linger_until);
             if ready {
-                let taken = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
+                let taken = batch.take();
                 in_flight.push_back(
                     start_counted(&self.handler, taken, &generation, Some(&self.activity)).await,
                 );
@@ -635,7 +680,7 @@ impl<H: BatchHandler> PartitionWorker<H> {
                             while let Some((_, later)) = in_flight.next().await {
                                 pending.extend(later);
                             }
-                            pending.append(&mut batch);
+                            pending.extend(batch.take());
                             pending.extend(replay.drain(..));
                             replay = pending.into();
                             let restarts = stall.as_ref().map_or(0, |s| s.restarts);
@@ -652,7 +697,7 @@ impl<H: BatchHandler> PartitionWorker<H> {
                     }
                 }
                 () = tokio::time::sleep_until(linger_until), if room && !batch.is_empty() => {}
-                received = self.queue.recv(), if room && replay.is_empty() && batch.len() < max_batch => match received {
+                received = self.queue.recv(), if room && replay.is_empty() && !batch.is_full() => match received {
                     Ok(message) => {
                         if batch.is_empty() {
                             linger_until = tokio::time::Instant::now() + self.options.batch_linger;
@@ -661,7 +706,7 @@ impl<H: BatchHandler> PartitionWorker<H> {
                         // Whatever is already fetched joins the batch now: the linger only waits for
                         // records that have not arrived, so a short (or zero) linger still makes full
                         // batches from a backlog.
-                        while batch.len() < max_batch {
+                        while !batch.is_full() {
                             match self.queue.recv().now_or_never() {
                                 Some(Ok(message)) => batch.push(message.detach()),
                                 Some(Err(error)) => {
@@ -842,6 +887,52 @@ pub async fn run<H: BatchHandler>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(offset: i64, payload_bytes: usize) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(vec![b'x'; payload_bytes]),
+            Some(b"key".to_vec()),
+            "topic".to_owned(),
+            rdkafka::Timestamp::NotAvailable,
+            0,
+            offset,
+            None,
+        )
+    }
+
+    #[test]
+    fn a_batch_is_full_at_its_record_count_or_its_size_whichever_comes_first() {
+        let options = RuntimeOptions {
+            max_batch: 4,
+            max_batch_bytes: 1_000,
+            ..RuntimeOptions::default()
+        };
+        let mut batch = Filling::new(&options);
+        // 3 + 397 bytes each: the third record reaches 1,200 bytes, past the limit
+        for offset in 0..2 {
+            batch.push(record(offset, 397));
+            assert!(!batch.is_full());
+        }
+        batch.push(record(2, 397));
+        assert!(batch.is_full());
+        let taken = batch.take();
+        assert_eq!(
+            taken.iter().map(Message::offset).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert!(batch.is_empty() && !batch.is_full());
+        // small records: the count ends the batch
+        for offset in 3..7 {
+            assert!(!batch.is_full());
+            batch.push(record(offset, 1));
+        }
+        assert!(batch.is_full());
+        assert_eq!(batch.take().len(), 4);
+        // one record larger than the limit makes a batch on its own
+        batch.push(record(7, 5_000));
+        assert!(batch.is_full());
+        assert_eq!(batch.take().len(), 1);
+    }
 
     #[test]
     fn restarts_back_off_up_to_the_cap() {

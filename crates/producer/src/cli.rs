@@ -110,3 +110,13 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<Summary> {
     }
     Ok(summary)
 }
+
+/// The binary's `main` ([`cdc_core::shutdown::block_on`] says why it lives here).
+pub fn main() -> Result<()> {
+    let cli = <Cli as clap::Parser>::parse();
+    cli.log.init();
+    cdc_core::shutdown::block_on(async {
+        let shutdown = cdc_core::shutdown::install();
+        run(cli, shutdown).await.map(drop)
+    })
+}

@@ -347,7 +347,7 @@ pub(super) struct Rows {
 }
 
 impl Rows {
-    fn next(&mut self, wanted: Kind) -> Op {
+    pub(super) fn next(&mut self, wanted: Kind) -> Op {
         match wanted {
             Kind::UpdateUser => {
                 if let Some(id) = self.idle_users.pop_front() {
@@ -376,7 +376,7 @@ impl Rows {
         }
     }
 
-    fn committed(&mut self, op: Op) {
+    pub(super) fn committed(&mut self, op: Op) {
         match op {
             Op::InsertUser(id) => {
                 self.users.push(id);

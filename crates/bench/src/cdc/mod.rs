@@ -94,9 +94,11 @@ use crate::common::{
 };
 use crate::Context as BenchContext;
 
+mod capture;
 mod latency;
 mod write_rate;
 
+use capture::*;
 use latency::*;
 use write_rate::*;
 
@@ -137,6 +139,15 @@ pub struct CdcArgs {
     /// cdcconsumer's `--max-batch`.
     #[arg(long, default_value_t = 500)]
     pub max_batch: usize,
+    /// cdcconsumer's `--max-batch-bytes`.
+    #[arg(long, default_value_t = cdc_core::config::DEFAULT_MAX_BATCH_BYTES)]
+    pub max_batch_bytes: u64,
+    /// The codec the write-rate stream is written to its topics with. Kafka Connect's producer
+    /// compresses nothing unless told to (this stack's worker leaves it so), so Debezium's topics
+    /// hold uncompressed batches; `lz4` or `zstd` show what a compressed backlog costs cdcconsumer
+    /// (librdkafka keeps each decompressed fetch until its last record is read).
+    #[arg(long, default_value = "none", value_parser = ["none", "gzip", "snappy", "lz4", "zstd"])]
+    pub backlog_compression: String,
     /// cdcconsumer's `--pipeline` (batches of a partition in flight at once).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     pub pipeline: u16,
@@ -177,6 +188,13 @@ pub struct CdcArgs {
     /// Leave out the latency test.
     #[arg(long)]
     pub skip_latency: bool,
+    /// Changes committed to PostgreSQL for the capture-cost comparison (Connect + Debezium's CPU
+    /// and rate capturing them against cdcconsumer's applying them).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub capture_changes: u64,
+    /// Leave out the capture-cost comparison (it pauses the connector while it writes).
+    #[arg(long)]
+    pub skip_capture: bool,
     /// Before each measured run, wait (at most this long) for the machine's CPU to be mostly idle.
     #[arg(long, default_value_t = 15)]
     pub quiet_wait_secs: u64,
@@ -229,6 +247,8 @@ impl Launcher<'_> {
             .arg(self.args.lanes.to_string())
             .arg("--max-batch")
             .arg(self.args.max_batch.to_string())
+            .arg("--max-batch-bytes")
+            .arg(self.args.max_batch_bytes.to_string())
             .arg("--pipeline")
             .arg(self.args.pipeline.to_string())
             .arg("--batch-linger-ms")
@@ -300,6 +320,15 @@ pub async fn run(ctx: &BenchContext, args: &CdcArgs, cleanup: &mut Cleanup) -> R
                 .context("latency test")?,
         )
     };
+    // A failed capture run still lets the figures above be reported (then its error is returned).
+    let capture = if args.skip_capture {
+        Ok(None)
+    } else {
+        capture(ctx, args, &launcher, &control, consistency, cleanup)
+            .await
+            .context("capture cost")
+            .map(Some)
+    };
     let load_after = common::load_average();
 
     println!();
@@ -319,6 +348,9 @@ pub async fn run(ctx: &BenchContext, args: &CdcArgs, cleanup: &mut Cleanup) -> R
     if let Some(latency) = &latency {
         report_latency(args, latency);
     }
+    if let Ok(Some(capture)) = &capture {
+        report_capture(capture);
+    }
     println!();
     println!(
         "machine: {} CPUs; load average {} → {}",
@@ -327,7 +359,7 @@ pub async fn run(ctx: &BenchContext, args: &CdcArgs, cleanup: &mut Cleanup) -> R
         load_after.map_or("?".into(), |l| format!("{l:.2}"))
     );
     println!("command: cargo run --release -p bench -- {command_line}");
-    Ok(())
+    capture.map(drop)
 }
 
 /// Partition count of an existing topic.

@@ -314,13 +314,13 @@ impl Variant {
 #[derive(Debug, Clone)]
 pub(super) struct RateSample {
     round: u32,
-    seconds: f64,
+    pub(super) seconds: f64,
     /// cdcconsumer: spawn → last change applied.
     wall: Option<f64>,
-    peak_rss_kib: Option<u64>,
+    pub(super) peak_rss_kib: Option<u64>,
     /// CPU time: cdcconsumer's whole process (start-up included); in-process variants, this
     /// process during the timed part.
-    cpu_seconds: Option<f64>,
+    pub(super) cpu_seconds: Option<f64>,
     summary: Option<String>,
     /// cdcconsumer's warnings and errors (it runs at `--log-level warn`): count and the last.
     warnings: Option<(usize, String)>,
@@ -386,7 +386,8 @@ pub(super) async fn write_rate(
     let rf = args.run.replication_factor;
     let (users_topic, orders_topic) =
         common::business_topics(&ctx.brokers, cleanup, "bench_cdc", partitions, rf).await?;
-    let producer_config = producer::send::client_config(ctx.kafka.client_config());
+    let mut producer_config = producer::send::client_config(ctx.kafka.client_config());
+    producer_config.set("compression.type", &args.backlog_compression);
     let records = stream.records.clone();
     let (u, o) = (users_topic.clone(), orders_topic.clone());
     let timeout = args.run.run_timeout();
@@ -521,10 +522,23 @@ pub(super) async fn run_ours(
 ) -> Result<RateSample> {
     let group = unique_name("bench_cdc_group");
     cleanup.groups.push(group.clone());
+    run_in_group(launcher, topics, &group, keyspace, changes, args).await
+}
+
+/// cdcconsumer in `group` until it has applied `changes` changes, timed from the last metrics
+/// poll showing nothing consumed to the first showing them all applied.
+pub(super) async fn run_in_group(
+    launcher: &Launcher<'_>,
+    topics: &[String],
+    group: &str,
+    keyspace: &str,
+    changes: usize,
+    args: &CdcArgs,
+) -> Result<RateSample> {
     let metrics_addr = free_metrics_addr()?;
     let command = launcher.command(
         topics,
-        &group,
+        group,
         keyspace,
         args.idle_timeout_secs,
         &metrics_addr,

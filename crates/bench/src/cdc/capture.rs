@@ -1,0 +1,317 @@
+//! Capture cost: what Kafka Connect + Debezium spend capturing a burst of changes against what
+//! cdcconsumer spends applying the same changes to Cassandra, and how fast each side goes.
+//!
+//! With the connector paused (Connect's REST API), the bench commits `--capture-changes` single-row
+//! changes to PostgreSQL (the latency test's mix); they wait in the replication slot. Connect's
+//! CPU time is read (`/proc/<pid>/stat`), the connector resumed, and the clock runs until the
+//! Debezium topics' high watermarks have grown by exactly that many records: Debezium's capture
+//! rate and CPU-seconds over a backlog it drains at full speed. Connect's idle CPU (heartbeats,
+//! offset flushes, GC) over a window of the same length before the burst is reported beside it.
+//! cdcconsumer (release binary, fresh group whose offsets were committed at the watermarks before
+//! the burst) then drains exactly those records into a scratch keyspace, timed like the write-rate
+//! runs; its CPU time is its whole process's. The scratch keyspace must then hold every inserted
+//! row.
+
+use super::*;
+
+/// The connector the stack runs (`debezium-config.sh`).
+const CONNECTOR: &str = "cdc-postgres-connector";
+
+/// Commits in flight while the burst is written.
+const BURST_CONNECTIONS: usize = 8;
+
+#[derive(Debug)]
+pub(super) struct Capture {
+    changes: u64,
+    users_inserted: u64,
+    orders_inserted: u64,
+    write_seconds: f64,
+    capture_seconds: f64,
+    connect_cpu: f64,
+    connect_idle_cpu: f64,
+    drain: RateSample,
+}
+
+/// Kafka Connect's JVM, checked to be the stack's own by its command line.
+fn connect_pid() -> Result<String> {
+    let file = common::stack_dir().join("run/connect.pid");
+    let pid = std::fs::read_to_string(&file)
+        .with_context(|| {
+            format!(
+                "reading {} (run the bench with the stack's environment: \
+                 eval \"$(bash stack/stack.sh env)\")",
+                file.display()
+            )
+        })?
+        .trim()
+        .to_owned();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    ensure!(
+        String::from_utf8_lossy(&cmdline).contains("cdc.stack.service=connect"),
+        "pid {pid} from {} is not the stack's Kafka Connect",
+        file.display()
+    );
+    Ok(pid)
+}
+
+/// `PUT /connectors/<name>/<action>` through curl (which the stack needs anyway).
+async fn connector(action: &str) -> Result<()> {
+    let base = std::env::var("CONNECT_URL").unwrap_or_else(|_| "http://127.0.0.1:8083".into());
+    let url = format!("{base}/connectors/{CONNECTOR}/{action}");
+    let output = tokio::process::Command::new("curl")
+        .args(["-fsS", "-X", "PUT", &url])
+        .output()
+        .await
+        .context("running curl")?;
+    ensure!(
+        output.status.success(),
+        "PUT {url} failed: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Waits until the connector's state is `state` (`PAUSED`, `RUNNING`).
+async fn connector_state(state: &str, timeout: Duration) -> Result<()> {
+    let base = std::env::var("CONNECT_URL").unwrap_or_else(|_| "http://127.0.0.1:8083".into());
+    let url = format!("{base}/connectors/{CONNECTOR}/status");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let output = tokio::process::Command::new("curl")
+            .args(["-fsS", &url])
+            .output()
+            .await
+            .context("running curl")?;
+        let status: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        let connector = status["connector"]["state"].as_str() == Some(state);
+        let tasks = status["tasks"]
+            .as_array()
+            .is_some_and(|tasks| !tasks.is_empty() && tasks.iter().all(|t| t["state"] == state));
+        if connector && tasks {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "connector {CONNECTOR} not {state} within {timeout:?}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sum of the high watermarks of `topics`.
+fn end_offsets(config: &ClientConfig, topics: &[(String, i32)]) -> Result<i64> {
+    let consumer: BaseConsumer = config.create()?;
+    let mut sum = 0;
+    for (topic, partitions) in topics {
+        for partition in 0..*partitions {
+            sum += consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))?
+                .1;
+        }
+    }
+    Ok(sum)
+}
+
+/// Commits `total` changes of the latency test's mix, `BURST_CONNECTIONS` at a time (a row's
+/// changes never overlap). Returns inserted users and orders.
+async fn write_burst(pool: &PgPool, total: u64) -> Result<(u64, u64)> {
+    let rows = Arc::new(Mutex::new(Rows::default()));
+    let mut tasks: JoinSet<Result<Op>> = JoinSet::new();
+    let (mut users, mut orders) = (0, 0);
+    let mut count = |op: Op| match op {
+        Op::InsertUser(_) => users += 1,
+        Op::InsertOrder { .. } => orders += 1,
+        Op::UpdateUser(_) | Op::UpdateOrder(_) => {}
+    };
+    for n in 0..total {
+        if tasks.len() >= BURST_CONNECTIONS {
+            if let Some(done) = tasks.join_next().await {
+                count(done??);
+            }
+        }
+        let op = lock(&rows).next(MIX[usize::try_from(n % 10)?]);
+        let (pool, rows) = (pool.clone(), Arc::clone(&rows));
+        tasks.spawn(async move {
+            commit(&pool, op, n).await?;
+            lock(&rows).committed(op);
+            Ok(op)
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        count(done??);
+    }
+    Ok((users, orders))
+}
+
+pub(super) async fn capture(
+    ctx: &BenchContext,
+    args: &CdcArgs,
+    launcher: &Launcher<'_>,
+    control: &Session,
+    consistency: Consistency,
+    cleanup: &mut Cleanup,
+) -> Result<Capture> {
+    let pid = connect_pid()?;
+    let mut topics = Vec::new();
+    for topic in &args.cdc_topics {
+        topics.push((topic.clone(), topic_partitions(&ctx.brokers, topic).await?));
+    }
+    let config = ctx.kafka.client_config();
+    let pool = PgPoolOptions::new()
+        .max_connections(u32::try_from(BURST_CONNECTIONS)?)
+        .connect(&ctx.database_url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    connector_state("RUNNING", Duration::from_secs(60)).await?;
+    wait_until_quiet(args.quiet_wait()).await;
+
+    // The drain's group starts where the burst will begin.
+    let group = unique_name("bench_cdc_capture_group");
+    cleanup.groups.push(group.clone());
+    let (c, g, t) = (config.clone(), group.clone(), topics.clone());
+    let start = tokio::task::spawn_blocking(move || commit_end_offsets(&c, &g, &t)).await??;
+    let start_sum: i64 = start
+        .elements()
+        .iter()
+        .filter_map(|e| e.offset().to_raw())
+        .sum();
+
+    connector("pause").await?;
+    let burst = async {
+        connector_state("PAUSED", Duration::from_secs(60)).await?;
+        let started = Instant::now();
+        let inserted = write_burst(&pool, args.capture_changes).await?;
+        let written = started.elapsed();
+        let (c, t) = (config.clone(), topics.clone());
+        let before = tokio::task::spawn_blocking(move || end_offsets(&c, &t)).await??;
+        ensure!(
+            before == start_sum,
+            "Debezium's topics grew by {} records while the connector was paused",
+            before - start_sum
+        );
+        anyhow::Ok((inserted, written))
+    }
+    .await;
+    // Resumed whatever happened: a paused connector would stop the pipeline.
+    let resumed = connector("resume").await;
+    let ((users_inserted, orders_inserted), written) = burst?;
+    resumed?;
+    pool.close().await;
+
+    // Capture: from the resume to every change in Kafka.
+    let cpu_before = cpu_seconds(&pid).context("reading Connect's CPU time")?;
+    let resumed_at = Instant::now();
+    let target = start_sum + i64::try_from(args.capture_changes)?;
+    loop {
+        let (c, t) = (config.clone(), topics.clone());
+        let now = tokio::task::spawn_blocking(move || end_offsets(&c, &t)).await??;
+        if now >= target {
+            ensure!(
+                now == target,
+                "Debezium's topics grew by {} records for {} changes",
+                now - start_sum,
+                args.capture_changes
+            );
+            break;
+        }
+        ensure!(
+            resumed_at.elapsed() < args.run.run_timeout(),
+            "Debezium captured {} of {} changes within {:?}",
+            now - start_sum,
+            args.capture_changes,
+            args.run.run_timeout()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let capture_seconds = resumed_at.elapsed().as_secs_f64();
+    let connect_cpu = cpu_seconds(&pid).context("reading Connect's CPU time")? - cpu_before;
+
+    // Connect idle over as long a window, once the capture has settled.
+    wait_until_quiet(args.quiet_wait()).await;
+    let idle_before = cpu_seconds(&pid).context("reading Connect's CPU time")?;
+    tokio::time::sleep(Duration::from_secs_f64(capture_seconds)).await;
+    let connect_idle_cpu = cpu_seconds(&pid).context("reading Connect's CPU time")? - idle_before;
+
+    // cdcconsumer drains the same records.
+    let keyspace = unique_name("bench_cdc_capture_ks");
+    cleanup.keyspaces.push(keyspace.clone());
+    create_keyspace(control, &args.cassandra.cassandra_nodes, &keyspace).await?;
+    wait_until_quiet(args.quiet_wait()).await;
+    let drain = run_in_group(
+        launcher,
+        &args.cdc_topics,
+        &group,
+        &keyspace,
+        usize::try_from(args.capture_changes)?,
+        args,
+    )
+    .await
+    .context("cdcconsumer draining the captured changes")?;
+    for (table, expected) in [("users", users_inserted), ("orders", orders_inserted)] {
+        let mut query = Statement::new(format!("SELECT count(*) FROM {keyspace}.{table}"));
+        query.set_consistency(consistency);
+        let (count,): (i64,) = control
+            .query_unpaged(query, ())
+            .await?
+            .into_rows_result()?
+            .single_row()?;
+        ensure!(
+            u64::try_from(count)? == expected,
+            "{keyspace}.{table} holds {count} rows, {expected} were inserted"
+        );
+    }
+    drop_keyspace(control, &keyspace).await?;
+    cleanup.keyspaces.retain(|k| *k != keyspace);
+    Ok(Capture {
+        changes: args.capture_changes,
+        users_inserted,
+        orders_inserted,
+        write_seconds: written.as_secs_f64(),
+        capture_seconds,
+        connect_cpu,
+        connect_idle_cpu,
+        drain,
+    })
+}
+
+#[allow(clippy::cast_precision_loss)]
+pub(super) fn report_capture(capture: &Capture) {
+    let per_10k = |cpu: f64| cpu * 10_000.0 / capture.changes as f64;
+    let changes = capture.changes as f64;
+    let cdc_cpu = capture.drain.cpu_seconds.unwrap_or(f64::NAN);
+    let connect_net = capture.connect_cpu - capture.connect_idle_cpu;
+    println!();
+    println!(
+        "4. Capture cost: {} changes ({} users and {} orders inserted, the rest updates) committed \
+         in {:.1} s with the connector paused",
+        capture.changes, capture.users_inserted, capture.orders_inserted, capture.write_seconds
+    );
+    println!(
+        "   Debezium capture (resume → all in Kafka): {:.1} s, {:.0} changes/s; Connect CPU {:.2} s \
+         ({:.2} s per 10,000 changes; idle over as long: {:.2} s, so {:.2} s per 10,000 above idle)",
+        capture.capture_seconds,
+        changes / capture.capture_seconds,
+        capture.connect_cpu,
+        per_10k(capture.connect_cpu),
+        capture.connect_idle_cpu,
+        per_10k(connect_net)
+    );
+    println!(
+        "   cdcconsumer drain of the same records: {:.1} s, {:.0} changes/s ({:.2}× Debezium's rate; \
+         target ≥ 2×); CPU {:.2} s for the whole process ({:.2} s per 10,000 changes); peak RSS {}",
+        capture.drain.seconds,
+        changes / capture.drain.seconds,
+        capture.capture_seconds / capture.drain.seconds,
+        cdc_cpu,
+        per_10k(cdc_cpu),
+        capture
+            .drain
+            .peak_rss_kib
+            .map_or("?".into(), |kib| format!("{:.1} MiB", mib(kib)))
+    );
+    println!(
+        "   cdcconsumer CPU / Connect CPU: {:.2}× (target ≤ 0.5×; against Connect above idle: {:.2}×)",
+        cdc_cpu / capture.connect_cpu,
+        cdc_cpu / connect_net
+    );
+}
