@@ -697,14 +697,19 @@ cassandra_schema() {
 
 console_bin() { echo "${CARGO_TARGET_DIR:-$ROOT/target}/release/console"; }
 
+# The release binaries `pipeline` runs, always built together: Cargo unifies features over the
+# packages of one build, so building the console alone would compile cdc-core and its dependents a
+# second time with other features (minutes on two cores) after the pipeline's build.
+PIPELINE_PACKAGES=(-p producer -p consumer -p cdcconsumer -p console)
+
 console_start() {
     is_running console && return 0
     local bin
     bin=$(console_bin)
     if [[ ! -x $bin ]] || command -v cargo >/dev/null; then
-        say "building the console (cargo build --release -p console)"
-        (cd "$ROOT" && cargo build --release --quiet -p console) >>"$LOGS/console.log" 2>&1 ||
-            fail_service console "cargo build --release -p console failed"
+        say "building the console (with the pipeline's binaries: ${PIPELINE_PACKAGES[*]})"
+        (cd "$ROOT" && cargo build --release --quiet "${PIPELINE_PACKAGES[@]}") >>"$LOGS/console.log" 2>&1 ||
+            fail_service console "cargo build --release ${PIPELINE_PACKAGES[*]} failed"
     fi
     local args=()
     [[ -n ${CONSOLE_ENABLE_ACTIONS:-} && ${CONSOLE_ENABLE_ACTIONS:-} != 0 ]] && args+=(--enable-actions)
@@ -990,7 +995,7 @@ cmd_pipeline() {
         close_inherited_fds
         cd "$ROOT" || exit 1
         build_started=$SECONDS
-        cargo build --release -p producer -p consumer -p cdcconsumer -p console
+        cargo build --release "${PIPELINE_PACKAGES[@]}"
         rc=$?
         echo $((SECONDS - build_started)) >"$STATE/build.secs"
         exit $rc

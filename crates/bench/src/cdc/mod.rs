@@ -1,5 +1,5 @@
 //! `bench cdc`: the CDC half of the pipeline (Debezium's topics → cdcconsumer → Cassandra) on the
-//! running stack, three figures in one run.
+//! running stack, four figures in one run.
 //!
 //! 1. **Write rate.** Scratch topics with the partition count of Debezium's topics are filled once
 //!    with Debezium envelopes built from the captured fixtures (`crates/core/tests/fixtures/debezium`:
@@ -44,6 +44,8 @@
 //!    what cdcconsumer adds on top of that.
 //! 3. **Peak RSS** of cdcconsumer (VmHWM from `/proc`, sampled like the other benchmarks) in the
 //!    latency run, and in the write-rate runs.
+//! 4. **Capture cost** (`capture`): Kafka Connect + Debezium's CPU time and rate capturing a burst
+//!    of changes held back by pausing the connector, against cdcconsumer's draining the same records.
 //!
 //! The latency test's rows stay in PostgreSQL: they are ordinary rows that the pipeline mirrors.
 //! Scratch topics, groups and keyspaces are removed at the end, also after an error or Ctrl-C.
