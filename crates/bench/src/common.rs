@@ -651,6 +651,17 @@ pub struct Cleanup {
 }
 
 impl Cleanup {
+    /// A session to Cassandra for creating scratch keyspaces; the same nodes drop them at the end.
+    pub async fn cassandra_control(
+        &mut self,
+        nodes: &[String],
+    ) -> Result<scylla::client::session::Session> {
+        self.cassandra_nodes = nodes.to_vec();
+        cdcconsumer::cassandra::connect(nodes)
+            .await
+            .context("connecting to Cassandra")
+    }
+
     pub async fn run(&self, brokers: &str, database_url: &str) {
         if !self.user_ids.is_empty() || !self.order_ids.is_empty() {
             let deleted = async {

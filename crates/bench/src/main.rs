@@ -9,6 +9,8 @@
 //! cargo run --release -p bench -- producer --runs 3 [--breakdown]
 //! cargo build --release -p bench -p cdcconsumer
 //! cargo run --release -p bench -- cdc --runs 3
+//! cargo build --release -p bench -p producer -p consumer -p cdcconsumer
+//! cargo run --release -p bench -- pipeline --rates 50,100,200,400
 //! ```
 //!
 //! The binaries are taken from the folder of the `bench` executable (`target/release`), or from
@@ -70,11 +72,20 @@
 //! fixed load on the real Debezium topics; cdcconsumer's peak RSS. See [`cdc_bench`] for the
 //! method. Everything it creates (topics, consumer groups, keyspaces) is removed at the end; the
 //! rows the latency test commits to PostgreSQL stay, as ordinary data the pipeline mirrors.
+//!
+//! ## `pipeline`: the whole pipeline's sustainable rate
+//!
+//! The producer at rising rates (`--rates`, `--window-secs` each) through the consumer, Debezium
+//! and cdcconsumer; every stage's backlog read every few seconds, the highest rate at which all
+//! stay bounded, the stage that falls behind first, each component's CPU share, and an SVG chart of
+//! the curve. See [`pipeline_bench`] for the method.
 
 mod cdc;
+mod charts;
 mod common;
 mod consumer_bench;
 mod copy_sink;
+mod pipeline_bench;
 mod producer_bench;
 
 use anyhow::{anyhow, Result};
@@ -110,6 +121,8 @@ enum Command {
     Producer(producer_bench::ProducerArgs),
     /// cdcconsumer: write rate vs a bare scylla loop, end-to-end latency, peak RSS.
     Cdc(Box<cdc::CdcArgs>),
+    /// The whole pipeline's sustainable rate: every stage's backlog at rising producer rates.
+    Pipeline(Box<pipeline_bench::PipelineArgs>),
 }
 
 /// Connection settings the benchmarks share.
@@ -152,5 +165,6 @@ async fn run(ctx: &Context, command: &Command, cleanup: &mut Cleanup) -> Result<
         Command::Consumer(args) => consumer_bench::run(ctx, args, cleanup).await,
         Command::Producer(args) => producer_bench::run(ctx, args, cleanup).await,
         Command::Cdc(args) => cdc::run(ctx, args, cleanup).await,
+        Command::Pipeline(args) => pipeline_bench::run(ctx, args, cleanup).await,
     }
 }

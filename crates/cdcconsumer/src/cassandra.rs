@@ -17,9 +17,11 @@ use cdc_core::debezium::Field;
 use cdc_core::retry::Classify;
 use cdc_core::tables::{self, Table};
 use futures::TryStreamExt;
+use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::{DbError, ExecutionError, NewSessionError, PrepareError, RequestAttemptError};
+use scylla::policies::speculative_execution::SimpleSpeculativeExecutionPolicy;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::unprepared::Statement;
 use scylla::statement::Consistency;
@@ -177,8 +179,22 @@ pub struct CassandraArgs {
     /// Consistency level of every write and read: one, quorum, all, local_quorum, …
     #[arg(long, env = "CASSANDRA_CONSISTENCY", default_value = "quorum", value_parser = parse_consistency)]
     pub consistency: Consistency,
+    /// Speculative execution: when a write or read (all are idempotent) has no answer after this
+    /// many milliseconds, the driver sends it to a second node too and takes the first answer.
+    /// 0 (the default) never does.
+    #[arg(long, env = "CASSANDRA_SPECULATIVE_AFTER_MS", default_value_t = 0)]
+    pub speculative_after_ms: u64,
     #[command(flatten)]
     pub access: CassandraAccess,
+}
+
+impl CassandraArgs {
+    /// A session to the cluster with these settings (credentials, TLS, speculative execution).
+    pub async fn connect(&self) -> Result<Session, CassandraError> {
+        let speculative = (self.speculative_after_ms > 0)
+            .then(|| Duration::from_millis(self.speculative_after_ms));
+        open(&self.cassandra_nodes, &self.access, speculative).await
+    }
 }
 
 /// A keyspace name Cassandra accepts unquoted: a letter, then letters, digits or `_`, at most 48
@@ -240,11 +256,29 @@ pub async fn connect_with(
     nodes: &[String],
     access: &CassandraAccess,
 ) -> Result<Session, CassandraError> {
+    open(nodes, access, None).await
+}
+
+async fn open(
+    nodes: &[String],
+    access: &CassandraAccess,
+    speculative_after: Option<Duration>,
+) -> Result<Session, CassandraError> {
     let mut builder = SessionBuilder::new()
         .known_nodes(nodes)
         .connection_timeout(Duration::from_secs(10));
     if let Some(translator) = cdc_core::config::cassandra_port_translations(nodes) {
         builder = builder.address_translator(Arc::new(translator));
+    }
+    if let Some(retry_interval) = speculative_after {
+        let policy = SimpleSpeculativeExecutionPolicy {
+            max_retry_count: 1,
+            retry_interval,
+        };
+        let profile = ExecutionProfile::builder()
+            .speculative_execution_policy(Some(Arc::new(policy)))
+            .build();
+        builder = builder.default_execution_profile_handle(profile.into_handle());
     }
     let builder = access.apply(builder)?;
     Ok(builder.build().await?)

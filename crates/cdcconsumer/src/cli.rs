@@ -257,12 +257,12 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     ensure_topics_with(&config, &specs, Duration::from_secs(30))
         .await
         .context("preparing the dead-letter topics")?;
-    let session = cassandra::connect_with(
-        &args.common.cassandra.cassandra_nodes,
-        &args.common.cassandra.access,
-    )
-    .await
-    .context("connecting to Cassandra")?;
+    let session = args
+        .common
+        .cassandra
+        .connect()
+        .await
+        .context("connecting to Cassandra")?;
     if args.apply_schema {
         cassandra::apply_schema(&session, &args.common.cassandra.keyspace)
             .await
@@ -404,21 +404,23 @@ async fn check_source(
     let reset = "see docs/operations.md, \"A re-initialised database\"";
     // A source that refuses these credentials or this certificate will not change its mind:
     // one clear error now rather than retries for the whole budget.
-    if let Err(error) = guard.system_identifier().await {
-        if error.is_refusal() {
-            bail!(
-                "PostgreSQL refused the connection: {error} (check the user, password, sslmode \
-                 and sslrootcert in --database-url / DATABASE_URL_FILE)"
-            );
+    let identifier = match guard.system_identifier().await {
+        Ok(identifier) => identifier,
+        Err(error) if error.is_refusal() => bail!(
+            "PostgreSQL refused the connection: {error} (check the user, password, sslmode and \
+             sslrootcert in --database-url / DATABASE_URL_FILE)"
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "PostgreSQL not reachable yet; retrying");
+            retry(
+                "ask the source for its system identifier",
+                budget,
+                cancel,
+                || guard.system_identifier(),
+            )
+            .await??
         }
-    }
-    let identifier = retry(
-        "ask the source for its system identifier",
-        budget,
-        cancel,
-        || guard.system_identifier(),
-    )
-    .await??;
+    };
     let known = retry("read the keyspace's source", budget, cancel, || {
         statements.source_identifier(session)
     })
@@ -495,12 +497,12 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<Verdict> {
             .context("waiting for the pipeline to be quiet")?;
         tracing::info!(?report, "pipeline quiet");
     }
-    let session = cassandra::connect_with(
-        &args.common.cassandra.cassandra_nodes,
-        &args.common.cassandra.access,
-    )
-    .await
-    .context("connecting to Cassandra")?;
+    let session = args
+        .common
+        .cassandra
+        .connect()
+        .await
+        .context("connecting to Cassandra")?;
     let report = verify::compare(
         &pool,
         &session,

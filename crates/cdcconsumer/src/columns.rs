@@ -472,9 +472,7 @@ impl ColumnsCommandError {
 
 /// Runs `cdcconsumer columns …`; what it did is printed.
 pub async fn run_command(args: &ColumnsArgs) -> Result<(), ColumnsCommandError> {
-    let session =
-        crate::cassandra::connect_with(&args.cassandra.cassandra_nodes, &args.cassandra.access)
-            .await?;
+    let session = args.cassandra.connect().await?;
     let registry = MirroredColumns::load(&session, &args.cassandra.keyspace).await?;
     match &args.command {
         ColumnsCommand::List => {

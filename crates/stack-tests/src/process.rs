@@ -12,9 +12,24 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::{log_tail, repo_root, unique_name, Stack};
 
+/// The packages `stack.sh` builds together for the pipeline (`PIPELINE_PACKAGES`). Cargo unifies
+/// dependency features over the packages of one build, so building one of them alone compiles
+/// cdc-core and everything on top of it again with other features: they are always built together.
+pub const PIPELINE_PACKAGES: [&str; 4] = ["producer", "consumer", "cdcconsumer", "console"];
+
 /// The path of the binary `package` (a workspace package with a binary of the same name), built
 /// on first use with the profile and target folder of the running test (or workspace binary),
 /// for tests that drive another package's binary (`env!("CARGO_BIN_EXE_…")` only names the test's own package's).
+/// A pipeline package is built together with the others of [`PIPELINE_PACKAGES`], as `stack.sh`
+/// builds them, so what the stack built is reused as it is.
+fn build_selection(package: &str) -> Vec<&str> {
+    if PIPELINE_PACKAGES.contains(&package) {
+        PIPELINE_PACKAGES.iter().flat_map(|p| ["-p", p]).collect()
+    } else {
+        vec!["-p", package, "--bin", package]
+    }
+}
+
 pub fn workspace_binary(package: &str) -> Result<PathBuf> {
     static BUILT: OnceLock<Mutex<BTreeMap<String, PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(|| Mutex::new(BTreeMap::new()));
@@ -34,7 +49,7 @@ pub fn workspace_binary(package: &str) -> Result<PathBuf> {
     let output = Command::new(cargo)
         .current_dir(repo_root())
         .args(["build", "--quiet", "--locked", "--profile", &profile])
-        .args(["-p", package, "--bin", package])
+        .args(build_selection(package))
         .arg("--target-dir")
         .arg(&target_dir)
         .output()

@@ -54,10 +54,14 @@ fn connect_pid() -> Result<String> {
     Ok(pid)
 }
 
+/// Kafka Connect's REST API: `CONNECT_URL` (`stack.sh env` prints it) or the stack's default.
+fn connect_url() -> String {
+    std::env::var("CONNECT_URL").unwrap_or_else(|_| "http://127.0.0.1:8083".into())
+}
+
 /// `PUT /connectors/<name>/<action>` through curl (which the stack needs anyway).
 async fn connector(action: &str) -> Result<()> {
-    let base = std::env::var("CONNECT_URL").unwrap_or_else(|_| "http://127.0.0.1:8083".into());
-    let url = format!("{base}/connectors/{CONNECTOR}/{action}");
+    let url = format!("{}/connectors/{CONNECTOR}/{action}", connect_url());
     let output = tokio::process::Command::new("curl")
         .args(["-fsS", "-X", "PUT", &url])
         .output()
@@ -73,8 +77,7 @@ async fn connector(action: &str) -> Result<()> {
 
 /// Waits until the connector's state is `state` (`PAUSED`, `RUNNING`).
 async fn connector_state(state: &str, timeout: Duration) -> Result<()> {
-    let base = std::env::var("CONNECT_URL").unwrap_or_else(|_| "http://127.0.0.1:8083".into());
-    let url = format!("{base}/connectors/{CONNECTOR}/status");
+    let url = format!("{}/connectors/{CONNECTOR}/status", connect_url());
     let deadline = Instant::now() + timeout;
     loop {
         let output = tokio::process::Command::new("curl")

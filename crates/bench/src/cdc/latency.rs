@@ -253,7 +253,7 @@ pub(super) async fn watch_kafka(
 
 /// Commits the high watermarks of `topics` as `group`'s offsets (so a consumer of that group starts
 /// at the end), and returns them.
-pub(super) fn commit_end_offsets(
+pub(crate) fn commit_end_offsets(
     config: &ClientConfig,
     group: &str,
     topics: &[(String, i32)],
@@ -951,6 +951,30 @@ pub(super) fn report_latency(args: &CdcArgs, latency: &Latency) {
     );
     if let Some(busy) = latency.busy_before {
         println!("   CPU busy % in the second before: {:.0}", busy * 100.0);
+    }
+    let chart = args.chart_dir.join(format!(
+        "cdc-latency-{}.svg",
+        Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    let title = format!(
+        "Commit → readable at {} changes/s ({} changes)",
+        args.rate, latency.measured
+    );
+    let drawn = crate::charts::cdf(
+        &chart,
+        &title,
+        &[
+            ("(a) readable from Kafka (Debezium)", &latency.kafka_ms),
+            (
+                "(b) readable in Cassandra (cdcconsumer)",
+                &latency.cassandra_ms,
+            ),
+            ("(c) baseline: bare write on arrival", &latency.bare_ms),
+        ],
+    );
+    match drawn {
+        Ok(()) => println!("   chart: {}", chart.display()),
+        Err(error) => tracing::warn!(%error, chart = %chart.display(), "could not draw the chart"),
     }
 }
 

@@ -101,6 +101,7 @@ mod latency;
 mod write_rate;
 
 use capture::*;
+pub(crate) use latency::commit_end_offsets;
 use latency::*;
 use write_rate::*;
 
@@ -200,6 +201,10 @@ pub struct CdcArgs {
     /// Before each measured run, wait (at most this long) for the machine's CPU to be mostly idle.
     #[arg(long, default_value_t = 15)]
     pub quiet_wait_secs: u64,
+    /// Folder for the latency test's chart (`cdc-latency-<UTC time>.svg`: the distributions of
+    /// legs a, b and c).
+    #[arg(long, default_value = "target/bench")]
+    pub chart_dir: PathBuf,
 }
 
 impl CdcArgs {
@@ -245,6 +250,8 @@ impl Launcher<'_> {
             .arg(self.args.cassandra.cassandra_nodes.join(","))
             .arg("--consistency")
             .arg(consistency_name(self.args.cassandra.consistency))
+            .arg("--speculative-after-ms")
+            .arg(self.args.cassandra.speculative_after_ms.to_string())
             .arg("--lanes")
             .arg(self.args.lanes.to_string())
             .arg("--max-batch")
@@ -284,12 +291,9 @@ pub async fn run(ctx: &BenchContext, args: &CdcArgs, cleanup: &mut Cleanup) -> R
         kafka: &ctx.kafka,
         args,
     };
-    cleanup
-        .cassandra_nodes
-        .clone_from(&args.cassandra.cassandra_nodes);
-    let control = cassandra::connect(&args.cassandra.cassandra_nodes)
-        .await
-        .context("connecting to Cassandra")?;
+    let control = cleanup
+        .cassandra_control(&args.cassandra.cassandra_nodes)
+        .await?;
     let partitions = (
         topic_partitions(&ctx.brokers, &args.cdc_topics[0]).await?,
         topic_partitions(&ctx.brokers, &args.cdc_topics[1]).await?,
@@ -335,10 +339,14 @@ pub async fn run(ctx: &BenchContext, args: &CdcArgs, cleanup: &mut Cleanup) -> R
 
     println!();
     println!(
-        "cdcconsumer → Cassandra — {} — consistency {}, lanes {}, max batch {}, pipeline {}, \
-         linger {} ms",
+        "cdcconsumer → Cassandra — {} — consistency {}, speculative execution {}, lanes {}, \
+         max batch {}, pipeline {}, linger {} ms",
         Utc::now().format("%Y-%m-%d %H:%M UTC"),
         consistency_name(args.cassandra.consistency),
+        match args.cassandra.speculative_after_ms {
+            0 => "off".to_owned(),
+            ms => format!("after {ms} ms"),
+        },
         args.lanes,
         args.max_batch,
         args.pipeline,
@@ -365,7 +373,7 @@ pub async fn run(ctx: &BenchContext, args: &CdcArgs, cleanup: &mut Cleanup) -> R
 }
 
 /// Partition count of an existing topic.
-async fn topic_partitions(brokers: &str, topic: &str) -> Result<i32> {
+pub(crate) async fn topic_partitions(brokers: &str, topic: &str) -> Result<i32> {
     let brokers = brokers.to_owned();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
@@ -386,7 +394,7 @@ async fn topic_partitions(brokers: &str, topic: &str) -> Result<i32> {
 }
 
 /// A free local port for cdcconsumer's metrics endpoint.
-fn free_metrics_addr() -> Result<String> {
+pub(crate) fn free_metrics_addr() -> Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.to_string())
 }
@@ -401,7 +409,11 @@ const SINK_TABLES: &[&str] = &["users", "orders", "orders_by_user", "truncations
 /// session reaches one node only, so its schema-agreement check hears that node alone. And if a
 /// second client (cdcconsumer at start) ran `CREATE TABLE IF NOT EXISTS` against a node that has
 /// not yet heard of the table, it would create a second table of the same name.
-async fn create_keyspace(control: &Session, nodes: &[String], keyspace: &str) -> Result<()> {
+pub(crate) async fn create_keyspace(
+    control: &Session,
+    nodes: &[String],
+    keyspace: &str,
+) -> Result<()> {
     cassandra::apply_schema(control, keyspace)
         .await
         .with_context(|| format!("creating keyspace {keyspace}"))?;
