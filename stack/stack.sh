@@ -234,7 +234,18 @@ launch_java() {
         close_inherited_fds
         exec setsid nohup java -Dcdc.stack.service="$svc" "$@" >>"$LOGS/$svc.log" 2>&1 </dev/null
     ) &
-    echo $! >"$RUN/$svc.pid"
+    record_launch "$svc" $!
+}
+
+# record_launch <service> <pid>: writes the pid file, then waits until the detached subshell has
+# exec'd the service. Until then the pid's command line is this script's, so is_running would
+# report a service that is still starting as exited (seen on a loaded machine).
+record_launch() {
+    local svc=$1 pid=$2 deadline=$((SECONDS + 10))
+    echo "$pid" >"$RUN/$svc.pid"
+    until is_running "$svc" || ! kill -0 "$pid" 2>/dev/null || ((SECONDS >= deadline)); do
+        sleep 0.05
+    done
 }
 
 # --- Kafka -------------------------------------------------------------------------------------
@@ -731,7 +742,7 @@ console_start() {
         exec setsid nohup "$bin" --stack-dir "$STATE" --listen "127.0.0.1:$CONSOLE_PORT" "${args[@]}" \
             >>"$LOGS/console.log" 2>&1 </dev/null
     ) &
-    echo $! >"$RUN/console.pid"
+    record_launch console $!
 }
 
 console_serving() { [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$CONSOLE_PORT/") == 200 ]]; }

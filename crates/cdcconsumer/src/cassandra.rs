@@ -248,17 +248,11 @@ pub fn consistency_name(consistency: Consistency) -> &'static str {
 /// Opens a session to `nodes` (`host:port`, any of the cluster's nodes), plaintext and without
 /// authentication.
 pub async fn connect(nodes: &[String]) -> Result<Session, CassandraError> {
-    connect_with(nodes, &CassandraAccess::default()).await
+    open(nodes, &CassandraAccess::default(), None).await
 }
 
-/// Opens a session to `nodes` with `access`'s credentials, TLS and datacenter preference.
-pub async fn connect_with(
-    nodes: &[String],
-    access: &CassandraAccess,
-) -> Result<Session, CassandraError> {
-    open(nodes, access, None).await
-}
-
+/// Opens a session to `nodes` with `access`'s credentials, TLS and datacenter preference, and
+/// speculative execution when `speculative_after` is set (every statement is idempotent).
 async fn open(
     nodes: &[String],
     access: &CassandraAccess,
