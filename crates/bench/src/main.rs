@@ -54,7 +54,7 @@
 //!   peak RSS are reported too.
 //! - **bare send loop**: a `ThreadedProducer` with the same client settings
 //!   ([`producer::client_config`](producer::send::client_config): idempotence, acks=all,
-//!   linger.ms=5, lz4), the same keys and byte-identical payloads generated before the clock starts,
+//!   linger.ms=50, lz4), the same keys and byte-identical payloads generated before the clock starts,
 //!   timed from the first send until every delivery report is in.
 //!
 //! `--breakdown` adds in-process variants that split the gap between the two: the bare loop

@@ -168,6 +168,7 @@ pub async fn run(ctx: &BenchContext, args: &ProducerArgs, cleanup: &mut Cleanup)
 
     report(
         args,
+        &producer::send::client_config(ctx.kafka.client_config()),
         events,
         &variants,
         &samples,
@@ -365,6 +366,8 @@ async fn check_same_distribution(brokers: &str, topics: &[Topics], events: usize
 #[allow(clippy::too_many_arguments)]
 fn report(
     args: &ProducerArgs,
+    // The client settings both the binary and the bare loop ran with (defaults and --kafka-option).
+    settings: &rdkafka::ClientConfig,
     events: usize,
     variants: &[Variant],
     samples: &[Vec<Sample>],
@@ -378,8 +381,7 @@ fn report(
         .position(|v| *v == Variant::Bare)
         .map_or(f64::NAN, |i| median(&rates(i)));
     println!();
-    let defaults = producer::send::client_config(rdkafka::ClientConfig::new());
-    let setting = |key: &str| defaults.get(key).unwrap_or("?").to_owned();
+    let setting = |key: &str| settings.get(key).unwrap_or("?").to_owned();
     println!(
         "producer throughput, acks=all, enable.idempotence, linger.ms={}, {}, client queue ≤ {} \
          KiB / {} records, RF {} — {} — {} events (users {} / orders {}, seed {}, start {}), fresh \

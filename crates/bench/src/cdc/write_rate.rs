@@ -2,6 +2,7 @@
 //! `--breakdown`, the handler in-process), on the same stream of built envelopes.
 
 use super::*;
+use cdc_core::retry::Classify;
 
 // ---------------------------------------------------------------------------------------------
 // Write rate
@@ -322,7 +323,8 @@ pub(super) struct RateSample {
     /// process during the timed part.
     pub(super) cpu_seconds: Option<f64>,
     summary: Option<String>,
-    /// cdcconsumer's warnings and errors (it runs at `--log-level warn`): count and the last.
+    /// cdcconsumer's warnings and errors (it runs at `--log-level warn`), or the bare loop's
+    /// retried writes: count and the last.
     warnings: Option<(usize, String)>,
     /// cdcconsumer's batches: how many, and their summed duration (s).
     batches: Option<(f64, f64)>,
@@ -600,6 +602,30 @@ pub(super) async fn run_in_group(
     })
 }
 
+/// Prints each sample's count of `warnings` (cdcconsumer's logged warnings, the bare loop's
+/// retried writes) under `label`, and the last message of the last sample that has one.
+fn print_counted(samples: &[RateSample], label: &str) {
+    let counts: Vec<String> = samples
+        .iter()
+        .filter_map(|s| s.warnings.as_ref().map(|(n, _)| n.to_string()))
+        .collect();
+    println!("   {label}: {}", counts.join(" "));
+    if let Some((_, last)) = samples
+        .iter()
+        .filter_map(|s| s.warnings.as_ref())
+        .rfind(|(n, _)| *n > 0)
+    {
+        println!("     last: {last}");
+    }
+}
+
+/// Attempts per write in the bare loop. A write Cassandra did not acknowledge in time (a node
+/// overloaded on a shared machine) is tried again, as cdcconsumer would, instead of ending the
+/// run; the retries are counted and reported with the round.
+const BARE_ATTEMPTS: u32 = 5;
+/// The wait before a bare write's next attempt, times the attempts so far.
+const BARE_RETRY_AFTER: Duration = Duration::from_millis(100);
+
 pub(super) async fn run_bare(
     args: &CdcArgs,
     keyspace: &str,
@@ -612,15 +638,35 @@ pub(super) async fn run_bare(
         Statements::prepare(&session, keyspace, consistency)
     })
     .await?;
+    let retried = AtomicU64::new(0);
+    let last_retried = Mutex::new(String::new());
     let cpu_before = cpu_seconds("self");
     let started = Instant::now();
     stream::iter(writes)
-        .map(|(write, ts)| statements.execute(&session, write, *ts))
+        .map(|(write, ts)| async {
+            let mut attempt = 1;
+            loop {
+                match statements.execute(&session, write, *ts).await {
+                    Ok(()) => return Ok(()),
+                    Err(error) if attempt < BARE_ATTEMPTS && error.is_transient() => {
+                        retried.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut last) = last_retried.lock() {
+                            *last = error.to_string();
+                        }
+                        tokio::time::sleep(BARE_RETRY_AFTER * attempt).await;
+                        attempt += 1;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        })
         .buffer_unordered(in_flight)
         .try_for_each(|()| futures::future::ready(Ok(())))
         .await
         .context("a bare write failed")?;
     let seconds = started.elapsed().as_secs_f64();
+    let retried = usize::try_from(retried.into_inner()).unwrap_or(usize::MAX);
+    let last_retried = last_retried.into_inner().unwrap_or_default();
     Ok(RateSample {
         round: 0,
         seconds,
@@ -628,7 +674,7 @@ pub(super) async fn run_bare(
         peak_rss_kib: None,
         cpu_seconds: cpu_seconds("self").zip(cpu_before).map(|(a, b)| a - b),
         summary: None,
-        warnings: None,
+        warnings: Some((retried, last_retried)),
         batches: None,
         busy_before: None,
     })
@@ -843,21 +889,11 @@ pub(super) fn report_write_rate(args: &CdcArgs, rate: &WriteRate) {
     if let Some(summary) = ours.last().and_then(|s| s.summary.as_deref()) {
         println!("   cdcconsumer's own summary (last run): {summary}");
     }
-    let logged: Vec<String> = ours
-        .iter()
-        .filter_map(|s| s.warnings.as_ref().map(|(n, _)| n.to_string()))
-        .collect();
-    println!(
-        "   cdcconsumer warnings/errors logged per run: {}",
-        logged.join(" ")
+    print_counted(ours, "cdcconsumer warnings/errors logged per run");
+    print_counted(
+        bare,
+        "bare loop writes retried per run (not acknowledged in time)",
     );
-    if let Some((_, last)) = ours
-        .iter()
-        .filter_map(|s| s.warnings.as_ref())
-        .rfind(|(n, _)| *n > 0)
-    {
-        println!("     last: {last}");
-    }
     let busy: Vec<String> = rate
         .samples
         .values()
