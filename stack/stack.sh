@@ -151,9 +151,13 @@ maven_copy() { # <pom name> <destination> [extra mvn args]
     say "fetching $pom artifacts through Maven into $dest"
     local tmp="$dest.partial.$$"
     rm -rf "$tmp"
-    mvn -B -q -f "$STACK/maven/$pom.pom.xml" dependency:copy-dependencies \
-        -DoutputDirectory="$tmp" -DincludeScope=runtime "$@" ||
+    # Quiet Maven still prints colour resets, so its output is shown only when it fails.
+    local out
+    if ! out=$(mvn -B -q -f "$STACK/maven/$pom.pom.xml" dependency:copy-dependencies \
+        -DoutputDirectory="$tmp" -DincludeScope=runtime "$@" 2>&1); then
+        printf '%s\n' "$out" >&2
         die "Maven could not fetch the $pom artifacts (see the messages above)"
+    fi
     touch "$tmp/.complete"
     rm -rf "$dest"
     mv "$tmp" "$dest"

@@ -21,13 +21,16 @@
 //! means "leave this column as it is", never a value to write.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use base64::Engine;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -97,7 +100,18 @@ impl Source {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Image {
     values: serde_json::Map<String, Value>,
-    schemas: BTreeMap<String, ColumnSchema>,
+    schemas: Columns,
+}
+
+/// Column schemas of one image by column name, shared by every record that embeds the same
+/// Connect schema.
+type Columns = Arc<BTreeMap<String, ColumnSchema>>;
+
+/// The before and after images' column schemas of one embedded Connect schema.
+#[derive(Debug, Clone)]
+struct EnvelopeColumns {
+    before: Columns,
+    after: Columns,
 }
 
 /// The parts of a column's Connect schema that decide its decoding.
@@ -133,14 +147,59 @@ struct Parameters<'a> {
     scale: Option<Cow<'a, str>>,
 }
 
-/// A record value with an embedded schema, the common case, read in one pass. Anything else (no
-/// schema, or a schema of unexpected shape) is read as a plain JSON tree instead.
+/// A record value with an embedded schema, the common case, read in one pass with the schema's
+/// text left unparsed (see [`envelope_columns`]). Anything else (no schema, or a schema of
+/// unexpected shape) is read as a plain JSON tree instead.
 #[derive(Debug, Deserialize)]
 struct Document<'a> {
     #[serde(borrow, default)]
-    schema: Option<SchemaNode<'a>>,
+    schema: Option<&'a RawValue>,
     #[serde(default)]
     payload: Option<Value>,
+}
+
+/// How many distinct embedded schemas each thread remembers: one per table the thread decodes,
+/// and a table's old and new schema while it changes.
+const SCHEMA_MEMO_ENTRIES: usize = 8;
+
+thread_local! {
+    /// Embedded schema texts seen last on this thread, most recent first, with their column
+    /// schemas. Every record of a table embeds the same schema text until the table changes, and
+    /// parsing it was most of the work of decoding a record; a text is compared whole, so a hit
+    /// gives exactly what parsing it would.
+    static SCHEMA_MEMO: RefCell<VecDeque<(Box<str>, EnvelopeColumns)>> =
+        const { RefCell::new(VecDeque::new()) };
+}
+
+/// The images' column schemas of an embedded Connect schema, parsed once per distinct text on
+/// this thread; `None` if it is not a struct schema of the expected shape.
+fn envelope_columns(schema: &RawValue) -> Option<EnvelopeColumns> {
+    let text = schema.get();
+    let remembered = SCHEMA_MEMO.with_borrow(|memo| {
+        memo.iter()
+            .find(|(seen, _)| **seen == *text)
+            .map(|(_, columns)| columns.clone())
+    });
+    if remembered.is_some() {
+        return remembered;
+    }
+    let node: SchemaNode<'_> = serde_json::from_str(text).ok()?;
+    let columns = |image: &str| {
+        Arc::new(
+            node.child(image)
+                .map(SchemaNode::columns)
+                .unwrap_or_default(),
+        )
+    };
+    let parsed = EnvelopeColumns {
+        before: columns("before"),
+        after: columns("after"),
+    };
+    SCHEMA_MEMO.with_borrow_mut(|memo| {
+        memo.truncate(SCHEMA_MEMO_ENTRIES - 1);
+        memo.push_front((text.into(), parsed.clone()));
+    });
+    Some(parsed)
 }
 
 impl SchemaNode<'_> {
@@ -372,10 +431,7 @@ fn child_of<'v>(struct_schema: Option<&'v Value>, name: &str) -> Option<&'v Valu
         .find(|f| f.get("field").and_then(Value::as_str) == Some(name))
 }
 
-fn image(
-    value: Option<Value>,
-    schemas: BTreeMap<String, ColumnSchema>,
-) -> Result<Option<Image>, EnvelopeError> {
+fn image(value: Option<Value>, schemas: Columns) -> Result<Option<Image>, EnvelopeError> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(values)) => Ok(Some(Image { values, schemas })),
@@ -426,7 +482,7 @@ pub fn parse(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Record, Envelop
         let document: Value =
             serde_json::from_slice(key).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
         let (payload, schema) = unwrap_schema(document);
-        let key = image(Some(payload), columns_of(schema.as_ref()))?
+        let key = image(Some(payload), Arc::new(columns_of(schema.as_ref())))?
             .ok_or_else(|| EnvelopeError::NotAnEnvelope("null tombstone key".into()))?;
         return Ok(Record::Tombstone { key });
     };
@@ -436,18 +492,14 @@ pub fn parse(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Record, Envelop
         payload: Some(payload),
     }) = serde_json::from_slice::<Document<'_>>(value)
     {
-        let columns = |image: &str| {
-            schema
-                .child(image)
-                .map(SchemaNode::columns)
-                .unwrap_or_default()
-        };
-        return change(payload, columns("before"), columns("after"));
+        if let Some(columns) = envelope_columns(schema) {
+            return change(payload, columns.before, columns.after);
+        }
     }
     let document: Value =
         serde_json::from_slice(value).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
     let (payload, schema) = unwrap_schema(document);
-    let columns = |image: &str| columns_of(child_of(schema.as_ref(), image));
+    let columns = |image: &str| Arc::new(columns_of(child_of(schema.as_ref(), image)));
     let (before, after) = (columns("before"), columns("after"));
     change(payload, before, after)
 }
@@ -455,8 +507,8 @@ pub fn parse(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Record, Envelop
 /// The change event in `payload`, its images' column schemas given.
 fn change(
     payload: Value,
-    before_columns: BTreeMap<String, ColumnSchema>,
-    after_columns: BTreeMap<String, ColumnSchema>,
+    before_columns: Columns,
+    after_columns: Columns,
 ) -> Result<Record, EnvelopeError> {
     let Value::Object(mut envelope) = payload else {
         return Err(EnvelopeError::NotAnEnvelope(
@@ -815,6 +867,59 @@ mod tests {
         assert_eq!(change.source.sequence, None);
         assert!(after.get("missing", ColumnType::Text).is_err());
         assert!(after.get("flag", ColumnType::Uuid).is_err());
+        Ok(())
+    }
+
+    /// An envelope whose embedded schema gives the `amount` column of `after` the decimal scale
+    /// `scale`, its value the unscaled bytes 0x4C1D (19485).
+    fn envelope_with_scale(scale: &str) -> Vec<u8> {
+        format!(
+            r#"{{"schema": {{"type": "struct", "fields": [
+                    {{"field": "before", "type": "struct", "optional": true, "fields": []}},
+                    {{"field": "after", "type": "struct", "optional": true, "fields": [
+                        {{"field": "amount", "type": "bytes",
+                          "name": "org.apache.kafka.connect.data.Decimal",
+                          "parameters": {{"scale": "{scale}"}}}}]}}]}},
+                "payload": {{"op": "c", "before": null, "after": {{"amount": "TB0="}},
+                             "source": {{"ts_ms": 1, "lsn": 42}}}}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn each_embedded_schema_decodes_its_own_records() -> Result<(), EnvelopeError> {
+        let amount = |value: &[u8]| -> Result<Field<Cell>, EnvelopeError> {
+            let Record::Change(change) = parse(Some(br#"{"id": 1}"#), Some(value))? else {
+                return Err(EnvelopeError::NotAnEnvelope("expected a change".into()));
+            };
+            let after = change.after.ok_or(EnvelopeError::MissingImage {
+                op: change.op,
+                image: "after",
+            })?;
+            after.get("amount", ColumnType::Numeric { scale: 2 })
+        };
+        let (two, three) = (envelope_with_scale("2"), envelope_with_scale("3"));
+        // Alternating texts: a remembered schema must never answer for another one.
+        for _ in 0..2 {
+            assert_eq!(
+                amount(&two)?,
+                Field::Value(Cell::Decimal(Decimal::new(19485, 2)))
+            );
+            assert_eq!(
+                amount(&three)?,
+                Field::Value(Cell::Decimal(Decimal::new(19485, 3)))
+            );
+        }
+        // More distinct schemas than are remembered, then the first again.
+        for scale in 4..=(4 + SCHEMA_MEMO_ENTRIES) {
+            let value = envelope_with_scale(&scale.to_string());
+            let expected = Decimal::new(19485, u32::try_from(scale).unwrap_or(0));
+            assert_eq!(amount(&value)?, Field::Value(Cell::Decimal(expected)));
+        }
+        assert_eq!(
+            amount(&two)?,
+            Field::Value(Cell::Decimal(Decimal::new(19485, 2)))
+        );
         Ok(())
     }
 

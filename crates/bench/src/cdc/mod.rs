@@ -192,8 +192,10 @@ pub struct CdcArgs {
     #[arg(long)]
     pub skip_latency: bool,
     /// Changes committed to PostgreSQL for the capture-cost comparison (Connect + Debezium's CPU
-    /// and rate capturing them against cdcconsumer's applying them).
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// and rate capturing them against cdcconsumer's applying them). Debezium reads up to its
+    /// `max.queue.size` (8,192 on this stack) of them while the connector is paused; the capture
+    /// rate is measured over the rest, so the burst should be several times that.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub capture_changes: u64,
     /// Leave out the capture-cost comparison (it pauses the connector while it writes).
     #[arg(long)]
