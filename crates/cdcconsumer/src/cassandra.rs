@@ -9,6 +9,7 @@
 //! by another client with a wall-clock timestamp would always win, and a freshly initialised
 //! PostgreSQL cluster (whose LSNs start low again) needs empty tables here.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,10 +23,20 @@ use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::{DbError, ExecutionError, NewSessionError, PrepareError, RequestAttemptError};
 use scylla::policies::speculative_execution::SimpleSpeculativeExecutionPolicy;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::unprepared::Statement;
 use scylla::statement::Consistency;
 use scylla::value::{CqlValue, MaybeUnset, Row};
+
+/// How long one write or read may take before it counts as timed out (and is retried).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most value bytes one change's writes may carry and still go in one batch: under
+/// Cassandra's default `batch_size_warn_threshold` (5 KiB), far under its failure threshold
+/// (50 KiB). A change with large values gains nothing from a batch, and would make every node log
+/// a warning or refuse it.
+pub const BATCH_LIMIT: usize = 4 * 1024;
 
 /// The keyspace and tables, applied at start (idempotent).
 pub const SCHEMA: &str = include_str!("../../../cassandra-schema.cql");
@@ -88,6 +99,22 @@ impl Write {
         }
     }
 
+    /// About how many bytes the write's values take on the wire (a fixed 16 for every value that
+    /// is not text, bytes or a collection of them): what decides whether it may join a batch.
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            Self::Delete { key, .. } => key.iter().map(value_bytes).sum(),
+            Self::Upsert { cells, extra, .. } => cells
+                .iter()
+                .chain(extra.iter().map(|e| &e.value))
+                .map(|cell| match cell {
+                    Field::Value(value) => value_bytes(value),
+                    Field::Null | Field::Unavailable => 4,
+                })
+                .sum(),
+        }
+    }
+
     /// The cell of column `name` in an upsert.
     pub fn cell(&self, name: &str) -> Option<&Col> {
         match self {
@@ -101,6 +128,20 @@ impl Write {
                 .or_else(|| extra.iter().find(|e| &*e.name == name).map(|e| &e.value)),
             Self::Delete { .. } => None,
         }
+    }
+}
+
+/// About how many bytes `value` takes on the wire; see [`Write::approx_bytes`].
+fn value_bytes(value: &CqlValue) -> usize {
+    match value {
+        CqlValue::Text(text) | CqlValue::Ascii(text) => text.len(),
+        CqlValue::Blob(bytes) => bytes.len(),
+        CqlValue::List(items) | CqlValue::Set(items) => items.iter().map(value_bytes).sum(),
+        CqlValue::Map(pairs) => pairs
+            .iter()
+            .map(|(k, v)| value_bytes(k) + value_bytes(v))
+            .sum(),
+        _ => 16,
     }
 }
 
@@ -353,7 +394,7 @@ impl Statements {
             statement.set_consistency(consistency);
             // Every statement carries its own timestamp: running it twice is running it once.
             statement.set_is_idempotent(true);
-            statement.set_request_timeout(Some(Duration::from_secs(10)));
+            statement.set_request_timeout(Some(REQUEST_TIMEOUT));
             Ok::<_, CassandraError>(statement)
         };
         let mut prepared = Vec::new();
@@ -416,10 +457,93 @@ impl Statements {
         write: &Write,
         ts: i64,
     ) -> Result<(), CassandraError> {
+        let (statement, values) = self.bound(session, write, ts).await?;
+        session.execute_unpaged(statement.as_ref(), values).await?;
+        Ok(())
+    }
+
+    /// Executes the writes of one change, all with write timestamp `ts`, in as few requests as
+    /// is safe: a lone write alone; several small ones in one unlogged batch; several whose values
+    /// together pass [`BATCH_LIMIT`] as separate requests, run together. The batch is no promise
+    /// of atomicity (the writes touch different partitions, and a timed-out batch is retried
+    /// whole, which its timestamps make harmless); it saves a round trip, and the coordinator's
+    /// and this client's work per request, for every change that writes more than one row.
+    ///
+    /// A batch Cassandra refuses for its values (a cluster whose batch limit is set lower than
+    /// [`BATCH_LIMIT`]) is sent again as separate writes, so a refusal is only ever a single
+    /// write's own.
+    pub async fn execute_all(
+        &self,
+        session: &Session,
+        writes: &[Write],
+        ts: i64,
+    ) -> Result<(), CassandraError> {
+        match writes {
+            [] => Ok(()),
+            [write] => self.execute(session, write, ts).await,
+            _ if writes.iter().map(Write::approx_bytes).sum::<usize>() > BATCH_LIMIT => {
+                self.execute_each(session, writes, ts).await
+            }
+            _ => match self.execute_batch(session, writes, ts).await {
+                Err(error) if error.is_record_fault() => {
+                    tracing::debug!(%error, writes = writes.len(), "batch refused; writing its rows one by one");
+                    self.execute_each(session, writes, ts).await
+                }
+                other => other,
+            },
+        }
+    }
+
+    /// `writes` as separate requests, run together; the first error, if any.
+    async fn execute_each(
+        &self,
+        session: &Session,
+        writes: &[Write],
+        ts: i64,
+    ) -> Result<(), CassandraError> {
+        futures::future::try_join_all(writes.iter().map(|w| self.execute(session, w, ts)))
+            .await
+            .map(drop)
+    }
+
+    /// `writes` in one unlogged batch.
+    async fn execute_batch(
+        &self,
+        session: &Session,
+        writes: &[Write],
+        ts: i64,
+    ) -> Result<(), CassandraError> {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        batch.set_consistency(self.consistency);
+        batch.set_is_idempotent(true);
+        batch.set_request_timeout(Some(REQUEST_TIMEOUT));
+        let mut values = Vec::with_capacity(writes.len());
+        for write in writes {
+            let (statement, bound) = self.bound(session, write, ts).await?;
+            batch.append_statement(statement.into_owned());
+            values.push(bound);
+        }
+        session.batch(&batch, values).await?;
+        Ok(())
+    }
+
+    /// The prepared statement of `write` and its values, the write timestamp among them.
+    async fn bound(
+        &self,
+        session: &Session,
+        write: &Write,
+        ts: i64,
+    ) -> Result<
+        (
+            Cow<'_, PreparedStatement>,
+            Vec<MaybeUnset<Option<CqlValue>>>,
+        ),
+        CassandraError,
+    > {
         let statements = self.of(write.table()).ok_or_else(|| {
             CassandraError::Read(format!("no statements for {}", write.table().name))
         })?;
-        match write {
+        Ok(match write {
             Write::Upsert { cells, extra, .. } => {
                 let mut values: Vec<MaybeUnset<Option<CqlValue>>> = cells
                     .iter()
@@ -427,21 +551,20 @@ impl Statements {
                     .map(bind)
                     .collect();
                 values.push(MaybeUnset::Set(Some(CqlValue::BigInt(ts))));
-                if extra.is_empty() {
-                    session.execute_unpaged(&statements.upsert, values).await?;
+                let statement = if extra.is_empty() {
+                    Cow::Borrowed(&statements.upsert)
                 } else {
-                    let upsert = self.upsert_with(session, write.table(), extra).await?;
-                    session.execute_unpaged(&upsert, values).await?;
-                }
+                    Cow::Owned(self.upsert_with(session, write.table(), extra).await?)
+                };
+                (statement, values)
             }
             Write::Delete { key, .. } => {
                 let mut values = Vec::with_capacity(key.len() + 1);
-                values.push(CqlValue::BigInt(ts));
-                values.extend(key.iter().cloned());
-                session.execute_unpaged(&statements.delete, values).await?;
+                values.push(MaybeUnset::Set(Some(CqlValue::BigInt(ts))));
+                values.extend(key.iter().map(|v| MaybeUnset::Set(Some(v.clone()))));
+                (Cow::Borrowed(&statements.delete), values)
             }
-        }
-        Ok(())
+        })
     }
 
     /// The upsert of every column of `table` and the added columns `extra`, in that order.
@@ -473,7 +596,7 @@ impl Statements {
         let mut statement = session.prepare(text.clone()).await?;
         statement.set_consistency(self.consistency);
         statement.set_is_idempotent(true);
-        statement.set_request_timeout(Some(Duration::from_secs(10)));
+        statement.set_request_timeout(Some(REQUEST_TIMEOUT));
         self.with_extras
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -644,6 +767,42 @@ mod tests {
         assert!(all.iter().all(|s| !s.contains("--")));
         assert!(all.iter().any(|s| s.contains("orders_by_user")));
         assert!(all.iter().any(|s| s.contains("truncations")));
+    }
+
+    /// An order as cdcconsumer writes it: both of its rows (orders, orders_by_user) with a
+    /// product name of `product_len` bytes.
+    fn order_writes(product_len: usize) -> Vec<Write> {
+        [&tables::ORDERS, &tables::ORDERS_BY_USER]
+            .into_iter()
+            .map(|table| Write::Upsert {
+                table,
+                cells: table
+                    .columns
+                    .iter()
+                    .map(|column| match column.name {
+                        "product" => Field::Value(CqlValue::Text("p".repeat(product_len))),
+                        "deleted_at" => Field::Null,
+                        _ => Field::Value(CqlValue::Int(1)),
+                    })
+                    .collect(),
+                extra: Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_change_goes_in_one_batch_only_while_its_values_are_small() {
+        let small: usize = order_writes(40).iter().map(Write::approx_bytes).sum();
+        assert!(small <= BATCH_LIMIT, "{small}");
+        // The text counts whole, in both rows: 2,100 bytes twice passes the limit.
+        let large: usize = order_writes(2_100).iter().map(Write::approx_bytes).sum();
+        assert!(large > BATCH_LIMIT, "{large}");
+        assert!(large >= 4_200);
+        let delete = Write::Delete {
+            table: &tables::USERS,
+            key: vec![CqlValue::Text("k".repeat(5_000))],
+        };
+        assert!(delete.approx_bytes() > BATCH_LIMIT);
     }
 
     #[test]

@@ -236,9 +236,14 @@ fn group_topics(text: &str) -> anyhow::Result<GroupTopics> {
 /// prefetch queue (64 MiB by default) and the compressed size of one partition's fetch (1 MiB by
 /// default, many times that once decompressed) are capped, or a backlog fills memory. At 512 KiB
 /// the write rate is unchanged; 256 KiB starved the partitions.
+///
+/// A partition whose prefetch queue is full is not fetched again for `fetch.queue.backoff.ms`
+/// (1 s by default): with a queue this small, draining a backlog then stalled every partition
+/// for up to a second every few batches. 20 ms drained 100,000 changes in 28 s instead of 37 s.
 const FETCH_DEFAULTS: &[(&str, &str)] = &[
     ("queued.max.messages.kbytes", "2048"),
     ("max.partition.fetch.bytes", "524288"),
+    ("fetch.queue.backoff.ms", "20"),
 ];
 
 /// Runs the sink until `shutdown` fires or the idle timeout passes, then prints one summary line
@@ -590,5 +595,35 @@ async fn dispatch(options: Options) -> anyhow::Result<()> {
             args.command.log().init();
             std::process::exit(dlq(*args).await)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::ClientConfig;
+
+    use super::FETCH_DEFAULTS;
+
+    /// librdkafka refuses a consumer with a setting it does not know or a value out of range, so
+    /// a misspelt default fails here rather than at start.
+    #[test]
+    fn fetch_defaults_are_settings_librdkafka_accepts() {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("group.id", "fetch-defaults-test");
+        for (key, value) in FETCH_DEFAULTS {
+            config.set(*key, *value);
+        }
+        let created: Result<BaseConsumer, _> = config.create();
+        assert!(created.is_ok(), "{:?}", created.err());
+        // The backoff is what keeps a drained partition fetched: it must stay well under the 1 s
+        // librdkafka would otherwise wait.
+        let backoff = FETCH_DEFAULTS
+            .iter()
+            .find(|(key, _)| *key == "fetch.queue.backoff.ms")
+            .and_then(|(_, value)| value.parse::<u64>().ok());
+        assert!(backoff.is_some_and(|ms| ms <= 100), "{backoff:?}");
     }
 }

@@ -142,8 +142,8 @@ pub(super) struct Bare {
     probe: Arc<Probe>,
 }
 
-/// Runs a change's writes at once (as cdcconsumer runs one change's writes), then polls for the
-/// row like cdcconsumer's poller does; a refused write leaves the row missing.
+/// Runs a change's writes in one request (as cdcconsumer runs one change's writes), then polls
+/// for the row like cdcconsumer's poller does; a refused write leaves the row missing.
 pub(super) async fn bare_row(
     bare: Arc<Bare>,
     seen: Arc<Mutex<Seen>>,
@@ -151,13 +151,11 @@ pub(super) async fn bare_row(
     plan: Plan,
     cancel: CancellationToken,
 ) {
-    let written = futures::future::join_all(
-        plan.writes
-            .iter()
-            .map(|w| bare.statements.execute(&bare.session, w, plan.lsn)),
-    )
-    .await;
-    if let Some(Err(error)) = written.into_iter().find(Result::is_err) {
+    let written = bare
+        .statements
+        .execute_all(&bare.session, &plan.writes, plan.lsn)
+        .await;
+    if let Err(error) = written {
         tracing::warn!(%error, "bare write failed");
         return;
     }

@@ -12,11 +12,15 @@
 //!      that shows every change applied: process start, schema, statement preparation, group join
 //!      and the idle wait before it exits are outside the time.
 //!    - **bare loop**: the same changes decoded and planned before the clock starts
-//!      ([`plan::plan`](cdcconsumer::handler::plan::plan)), then every write run through
-//!      [`Statements::execute`](cdcconsumer::cassandra::Statements::execute) — the same prepared CQL
-//!      with `USING TIMESTAMP <lsn>`, the same consistency — with partitions × lanes writes in flight
-//!      (cdcconsumer's upper bound), timed from the first write to the last acknowledgement. No Kafka,
-//!      no decoding, no retries, no per-row order, no batches.
+//!      ([`plan::plan`](cdcconsumer::handler::plan::plan)), then every change's writes run through
+//!      [`Statements::execute_all`](cdcconsumer::cassandra::Statements::execute_all) — the same
+//!      requests cdcconsumer sends (one per change), the same prepared CQL with `USING TIMESTAMP
+//!      <lsn>`, the same consistency — with partitions × lanes changes in flight (cdcconsumer's
+//!      upper bound), timed from the first write to the last acknowledgement. No Kafka, no
+//!      decoding, no retries, no per-row order, no batches of records.
+//!    - **bare loop per write**: the same, every write a request of its own
+//!      ([`Statements::execute`](cdcconsumer::cassandra::Statements::execute)), as cdcconsumer
+//!      wrote them before a change's writes went in one request.
 //!    - with `--breakdown`: [`CdcHandler`](cdcconsumer::handler::CdcHandler) in this process on the same
 //!      records split into partitions and batches of `--max-batch` (cdcconsumer without Kafka, its
 //!      runtime and its process), and the bare loop with only the orders partitions' lanes in flight

@@ -13,16 +13,17 @@ use super::CdcHandler;
 use crate::cassandra::{CassandraError, Truncations};
 
 impl CdcHandler {
-    /// Runs one write with its timestamp until it succeeds; an error that is the value's own
-    /// fault is returned, anything else is retried until the budget is spent.
-    pub(super) async fn write(
+    /// Runs one change's writes, all with its timestamp, as one request (see
+    /// [`crate::cassandra::Statements::execute_all`]) until it succeeds; an error that is the
+    /// values' own fault is returned, anything else is retried until the budget is spent.
+    pub(super) async fn write_change(
         &self,
-        write: &Write,
+        writes: &[Write],
         ts: i64,
         cancel: &CancellationToken,
     ) -> Result<Result<(), CassandraError>, Interrupted> {
         retry("cassandra write", self.give_up_after, cancel, || {
-            self.statements.execute(&self.session, write, ts)
+            self.statements.execute_all(&self.session, writes, ts)
         })
         .await
     }
@@ -46,17 +47,10 @@ impl CdcHandler {
                 for at in chain {
                     let (index, plan) = &plans[at];
                     let ts = plan.write_timestamp(truncations.of(plan.table));
-                    // One change's writes touch different rows and share a timestamp: they may
-                    // run together.
-                    let written = futures::future::join_all(
-                        plan.writes.iter().map(|w| self.write(w, ts, cancel)),
-                    )
-                    .await;
-                    for result in written {
-                        if let Err(error) = result? {
-                            refused.push((*index, error));
-                            break;
-                        }
+                    // One change's writes touch different rows and share a timestamp: they go
+                    // in one request.
+                    if let Err(error) = self.write_change(&plan.writes, ts, cancel).await? {
+                        refused.push((*index, error));
                     }
                 }
                 drop(turn);
@@ -81,7 +75,7 @@ impl CdcHandler {
     ) -> Result<(), Interrupted> {
         let pending: Vec<_> = writes
             .iter()
-            .map(|(write, ts)| self.write(write, *ts, cancel))
+            .map(|(write, ts)| self.write_change(std::slice::from_ref(write), *ts, cancel))
             .collect();
         let mut results = stream::iter(pending).buffer_unordered(self.lanes.max(1));
         while let Some(result) = results.next().await {
