@@ -1,7 +1,7 @@
 //! Writing: each change's mutations with the change's LSN as write timestamp, one row's changes in
 //! order, up to `lanes` rows at once; failures that may pass are retried with the same timestamp.
 
-use futures::stream::{self, StreamExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use cdc_core::outcome::Interrupted;
@@ -32,6 +32,9 @@ impl CdcHandler {
     /// after the key's turns in earlier batches, up to `lanes` keys at once, each at its write
     /// timestamp given the tables' latest `truncations`. Returns the indexes of plans Cassandra
     /// refused because of their values, with the error.
+    ///
+    /// A key's future is made only when a lane is free, not all up front: each holds a whole
+    /// Cassandra request's state (kilobytes), and a batch has hundreds of keys.
     pub(super) async fn write_plans(
         &self,
         plans: &[(usize, Plan)],
@@ -39,33 +42,48 @@ impl CdcHandler {
         truncations: &Truncations,
         cancel: &CancellationToken,
     ) -> Result<Vec<(usize, CassandraError)>, Interrupted> {
-        let pending: Vec<_> = chains
-            .into_iter()
-            .map(|(mut turn, chain)| async move {
-                turn.begin().await;
-                let mut refused = Vec::new();
-                for at in chain {
-                    let (index, plan) = &plans[at];
-                    let ts = plan.write_timestamp(truncations.of(plan.table));
-                    // One change's writes touch different rows and share a timestamp: they go
-                    // in one request.
-                    if let Err(error) = self.write_change(&plan.writes, ts, cancel).await? {
-                        refused.push((*index, error));
-                    }
-                }
-                drop(turn);
-                Ok::<_, Interrupted>(refused)
-            })
-            .collect();
-        let mut running = stream::iter(pending).buffer_unordered(self.lanes.max(1));
+        let mut waiting = chains.into_iter();
+        let mut running = FuturesUnordered::new();
         let mut refused = Vec::new();
-        while let Some(result) = running.next().await {
-            refused.extend(result?);
+        loop {
+            while running.len() < self.lanes.max(1) {
+                let Some((turn, chain)) = waiting.next() else {
+                    break;
+                };
+                running.push(self.write_chain(plans, turn, chain, truncations, cancel));
+            }
+            match running.next().await {
+                Some(result) => refused.extend(result?),
+                None => return Ok(refused),
+            }
         }
+    }
+
+    /// One key's plans, in order, once the key's turn has come.
+    async fn write_chain(
+        &self,
+        plans: &[(usize, Plan)],
+        mut turn: Turn<'_>,
+        chain: Vec<usize>,
+        truncations: &Truncations,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<(usize, CassandraError)>, Interrupted> {
+        turn.begin().await;
+        let mut refused = Vec::new();
+        for at in chain {
+            let (index, plan) = &plans[at];
+            let ts = plan.write_timestamp(truncations.of(plan.table));
+            // One change's writes touch different rows and share a timestamp: they go in one
+            // request.
+            if let Err(error) = self.write_change(&plan.writes, ts, cancel).await? {
+                refused.push((*index, error));
+            }
+        }
+        drop(turn);
         Ok(refused)
     }
 
-    /// Runs independent deletes with bounded concurrency; all must succeed: a delete that cannot be
+    /// Runs independent deletes, up to `lanes` at once; all must succeed: a delete that cannot be
     /// written leaves a row behind, so the batch gives up rather than being acknowledged.
     pub(super) async fn run_all(
         &self,
@@ -73,16 +91,23 @@ impl CdcHandler {
         writes: &[(Write, i64)],
         cancel: &CancellationToken,
     ) -> Result<(), Interrupted> {
-        let pending: Vec<_> = writes
-            .iter()
-            .map(|(write, ts)| self.write_change(std::slice::from_ref(write), *ts, cancel))
-            .collect();
-        let mut results = stream::iter(pending).buffer_unordered(self.lanes.max(1));
-        while let Some(result) = results.next().await {
-            if let Err(error) = result? {
-                return Err(Interrupted::gave_up(what, error));
+        let mut waiting = writes.iter();
+        let mut running = FuturesUnordered::new();
+        loop {
+            while running.len() < self.lanes.max(1) {
+                let Some((write, ts)) = waiting.next() else {
+                    break;
+                };
+                running.push(self.write_change(std::slice::from_ref(write), *ts, cancel));
+            }
+            match running.next().await {
+                Some(result) => {
+                    if let Err(error) = result? {
+                        return Err(Interrupted::gave_up(what, error));
+                    }
+                }
+                None => return Ok(()),
             }
         }
-        Ok(())
     }
 }
