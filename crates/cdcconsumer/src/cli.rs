@@ -561,14 +561,17 @@ pub fn verify_exit_code(outcome: anyhow::Result<Verdict>) -> i32 {
 
 /// The binary's `main` ([`cdc_core::shutdown::block_on`] says why it lives here).
 pub fn main() -> anyhow::Result<()> {
+    // Before the runtime starts its threads.
+    let allocator = crate::memory::tune();
     let options = Options::parse();
-    cdc_core::shutdown::block_on(dispatch(options))
+    cdc_core::shutdown::block_on(dispatch(options, allocator))
 }
 
-async fn dispatch(options: Options) -> anyhow::Result<()> {
+async fn dispatch(options: Options, allocator: Vec<crate::memory::Setting>) -> anyhow::Result<()> {
     match options.command {
         None => {
             options.run.common.log.init();
+            tracing::debug!(?allocator, "allocator settings applied");
             run(options.run, cdc_core::shutdown::install()).await
         }
         Some(Command::Verify(args)) => {

@@ -5,6 +5,7 @@
 //! - [`cassandra`]: the sink's session, schema and prepared statements.
 //! - [`handler`]: the runtime's batch handler, one module per job (planning, per-key ordering,
 //!   writing, truncations).
+//! - [`memory`]: glibc's allocator settings, made at start.
 //! - [`slot`]: the source's replication slot, watched while running.
 //! - [`verify`]: "wait until quiet" and "compare".
 
@@ -12,6 +13,7 @@ pub mod cassandra;
 pub mod cli;
 pub mod columns;
 pub mod handler;
+pub mod memory;
 pub mod resnapshot;
 pub mod slot;
 pub mod verify;
