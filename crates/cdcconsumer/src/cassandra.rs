@@ -333,13 +333,46 @@ fn statements(script: &str) -> Vec<String> {
         .collect()
 }
 
+/// How often one schema statement is tried while its coordinator has not yet learned the
+/// keyspace it names.
+const SCHEMA_ATTEMPTS: u32 = 10;
+
+/// Whether `error` is a coordinator not knowing a keyspace or table yet: a keyspace just created
+/// elsewhere (another member starting, an operator) that has not reached this node; `CREATE …
+/// IF NOT EXISTS` on a node that knows it is a no-op, so the driver had no schema change to wait
+/// for.
+fn not_yet_known(error: &ExecutionError) -> bool {
+    matches!(
+        error,
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Invalid, message))
+            if message.contains("doesn't exist") || message.contains("does not exist")
+    )
+}
+
 /// Applies [`SCHEMA`] with the keyspace renamed to `keyspace`, and waits for schema agreement.
+/// A statement whose coordinator does not know the keyspace yet is tried again once the
+/// cluster agrees on its schema (at most [`SCHEMA_ATTEMPTS`] times, a second apart).
 pub async fn apply_schema(session: &Session, keyspace: &str) -> Result<(), CassandraError> {
     for text in statements(SCHEMA) {
         let text = text.replace("cdc_keyspace", keyspace);
         let mut statement = Statement::new(text);
         statement.set_request_timeout(Some(Duration::from_secs(60)));
-        session.query_unpaged(statement, ()).await?;
+        let mut attempt = 1;
+        loop {
+            match session.query_unpaged(statement.clone(), ()).await {
+                Ok(_) => break,
+                Err(error) if attempt < SCHEMA_ATTEMPTS && not_yet_known(&error) => {
+                    tracing::info!(%error, attempt, "schema not yet known to the coordinator; waiting for agreement");
+                    session
+                        .await_schema_agreement()
+                        .await
+                        .map_err(|e| CassandraError::Schema(e.to_string()))?;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
     session
         .await_schema_agreement()

@@ -284,7 +284,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         cdc_core::dlq::producer(args.common.kafka.client_config())
             .context("creating the dead-letter producer")?,
         args.runtime.give_up_after,
-    );
+    )
+    .rereading_with(args.common.kafka.client_config());
     let metrics = Metrics::default();
     metrics.register_reasons(
         args.cdc_topics.iter().map(String::as_str),

@@ -242,9 +242,12 @@ impl EventHandler {
 impl BatchHandler for EventHandler {
     async fn handle(
         &self,
-        batch: &[OwnedMessage],
+        batch: Vec<OwnedMessage>,
         cancel: &CancellationToken,
     ) -> Result<(), Interrupted> {
+        // A business event is small and a batch is written in a few statements: the records are
+        // kept whole until the batch is durable, for the dead letters of refused ones.
+        let batch = batch.as_slice();
         let started = std::time::Instant::now();
         let mut tally = Tally::default();
         let mut users = Vec::new();
@@ -277,8 +280,9 @@ impl BatchHandler for EventHandler {
         // Counted once the batch is durable, like the records themselves.
         if let Some(first) = batch.first() {
             self.unknown_fields.count(first.topic(), &unknown_fields);
+            self.metrics
+                .record_batch(first.topic(), batch.len(), &tally, started.elapsed());
         }
-        self.metrics.record_batch(batch, &tally, started.elapsed());
         Ok(())
     }
 }

@@ -10,10 +10,12 @@
 
 use std::time::Duration;
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Tally;
@@ -310,25 +312,194 @@ pub async fn park(producer: &FutureProducer, letter: &DeadLetter<'_>) -> Result<
         .map_err(|(source, _)| DlqError { topic, source })
 }
 
-/// Where a batch handler parks records: the dead-letter producer, and how long a dead-letter
-/// write may be retried before the batch gives up.
+/// Where a record to park lies in Kafka, for a handler that no longer holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl std::fmt::Display for Position<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{} offset {}",
+            self.topic, self.partition, self.offset
+        )
+    }
+}
+
+/// Reading a record again by its position failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RereadError {
+    #[error("re-reading the record at {at} failed: {source}")]
+    Kafka {
+        at: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("re-reading the record at {at}: nothing arrived within {waited:?}")]
+    TimedOut { at: String, waited: Duration },
+    /// The offset is no longer in the partition (retention removed it, or it never held a record).
+    #[error("the record at {at} is no longer in Kafka{}", next.map(|n| format!(" (the next record is at offset {n})")).unwrap_or_default())]
+    Gone { at: String, next: Option<i64> },
+}
+
+impl Classify for RereadError {
+    fn is_transient(&self) -> bool {
+        !matches!(self, Self::Gone { .. })
+    }
+}
+
+/// How long one re-read waits for its record.
+const REREAD_WAIT: Duration = Duration::from_secs(15);
+
+/// The group id of a re-read's consumer: librdkafka assigns partitions only to a consumer with
+/// one, but the consumer neither joins the group nor commits, so the group never exists.
+const REREAD_GROUP: &str = "cdc-dead-letter-reread";
+
+/// Reads the record at `at` again with a consumer of its own (`config` as the handler's consumer;
+/// the partition assigned directly, nothing committed).
+pub async fn reread(config: &ClientConfig, at: Position<'_>) -> Result<OwnedMessage, RereadError> {
+    let mut config = config.clone();
+    config
+        .set("group.id", REREAD_GROUP)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "error");
+    let (topic, partition, offset) = (at.topic.to_owned(), at.partition, at.offset);
+    let where_ = at.to_string();
+    let lost = where_.clone();
+    let kafka = {
+        let where_ = where_.clone();
+        move |source| RereadError::Kafka {
+            at: where_.clone(),
+            source,
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().map_err(&kafka)?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&topic, partition, Offset::Offset(offset))
+            .map_err(&kafka)?;
+        consumer.assign(&assignment).map_err(&kafka)?;
+        let deadline = std::time::Instant::now() + REREAD_WAIT;
+        let mut last_error = None;
+        while std::time::Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) if message.offset() == offset => return Ok(message.detach()),
+                Some(Ok(message)) if message.offset() > offset => {
+                    return Err(RereadError::Gone {
+                        at: where_,
+                        next: Some(message.offset()),
+                    })
+                }
+                // `auto.offset.reset=error`: the offset is outside the partition's log.
+                Some(Err(KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset,
+                ))) => {
+                    return Err(RereadError::Gone {
+                        at: where_,
+                        next: None,
+                    })
+                }
+                Some(Err(error)) => last_error = Some(error),
+                Some(Ok(_)) | None => {}
+            }
+        }
+        Err(last_error.map_or(
+            RereadError::TimedOut {
+                at: where_,
+                waited: REREAD_WAIT,
+            },
+            kafka,
+        ))
+    })
+    .await
+    .unwrap_or(Err(RereadError::TimedOut {
+        at: lost,
+        waited: REREAD_WAIT,
+    }))
+}
+
+/// Where a batch handler parks records: the dead-letter producer, how long a dead-letter
+/// write may be retried before the batch gives up, and (for handlers that let go of their
+/// records early) how to read a record again.
 #[derive(Clone)]
 pub struct DeadLetters {
     producer: FutureProducer,
     budget: Duration,
+    reread: Option<ClientConfig>,
 }
 
 impl std::fmt::Debug for DeadLetters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeadLetters")
             .field("budget", &self.budget)
+            .field("rereads", &self.reread.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl DeadLetters {
     pub fn new(producer: FutureProducer, budget: Duration) -> Self {
-        Self { producer, budget }
+        Self {
+            producer,
+            budget,
+            reread: None,
+        }
+    }
+
+    /// Lets [`DeadLetters::park_at`] read records again from Kafka with `config` (the source
+    /// consumer's connection settings).
+    #[must_use]
+    pub fn rereading_with(mut self, config: ClientConfig) -> Self {
+        self.reread = Some(config);
+        self
+    }
+
+    /// Parks the record at `at`, read again from Kafka first (a handler that no longer holds
+    /// it). A read that fails for a reason that may pass is retried within the budget; a record
+    /// no longer in Kafka is parked without key or payload, its error saying so, so its position
+    /// and reason still reach the dead-letter topic.
+    pub async fn park_at(
+        &self,
+        at: Position<'_>,
+        reason: &'static str,
+        error: String,
+        tally: &mut Tally,
+        cancel: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let Some(config) = &self.reread else {
+            return Err(Interrupted::gave_up(
+                "dead-letter re-read",
+                format!("no way to read {at} again was configured"),
+            ));
+        };
+        let read = retry("dead-letter re-read", self.budget, cancel, || {
+            reread(config, at)
+        })
+        .await?;
+        let (message, error) = match read {
+            Ok(message) => (message, error),
+            Err(gone @ RereadError::Gone { .. }) => {
+                tracing::error!(%at, reason, error = %gone, "a record to park is no longer in Kafka");
+                let placeholder = OwnedMessage::new(
+                    None,
+                    None,
+                    at.topic.to_owned(),
+                    rdkafka::Timestamp::NotAvailable,
+                    at.partition,
+                    at.offset,
+                    None,
+                );
+                (placeholder, format!("{error} [{gone}]"))
+            }
+            Err(other) => return Err(Interrupted::gave_up("dead-letter re-read", other)),
+        };
+        self.park(&message, reason, error, tally, cancel).await
     }
 
     /// Parks `message` in its topic's dead-letter topic with `reason`, retrying the write until it

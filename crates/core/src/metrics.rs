@@ -198,20 +198,21 @@ impl Metrics {
     /// worker restarted is counted once, and `consumed = applied + dead_lettered` per topic.
     pub fn record_batch(
         &self,
-        batch: &[rdkafka::message::OwnedMessage],
+        topic: &str,
+        records: usize,
         tally: &Tally,
         elapsed: std::time::Duration,
     ) {
-        use rdkafka::message::Message;
-        let Some(topic) = batch.first().map(|m| m.topic().to_owned()) else {
+        if records == 0 {
             return;
-        };
+        }
+        let topic = topic.to_owned();
         let labels = TopicLabels {
             topic: topic.clone(),
         };
         self.consumed
             .get_or_create(&labels)
-            .inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
+            .inc_by(u64::try_from(records).unwrap_or(u64::MAX));
         self.applied
             .get_or_create(&labels)
             .inc_by(u64::try_from(tally.applied).unwrap_or(u64::MAX));
@@ -397,21 +398,9 @@ mod tests {
         let topic = TopicLabels {
             topic: "users".into(),
         };
-        let batch: Vec<rdkafka::message::OwnedMessage> = (0..3)
-            .map(|offset| {
-                rdkafka::message::OwnedMessage::new(
-                    None,
-                    None,
-                    topic.topic.clone(),
-                    rdkafka::Timestamp::NotAvailable,
-                    0,
-                    offset,
-                    None,
-                )
-            })
-            .collect();
         metrics.record_batch(
-            &batch,
+            &topic.topic,
+            3,
             &Tally {
                 applied: 2,
                 parked: vec!["undecodable"],

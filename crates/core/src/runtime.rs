@@ -23,14 +23,16 @@
 //!   that is not the records' fault outlasted its budget, or the handler panicked) stalls its
 //!   partition: an ERROR log, the partition counted in `cdc_partitions_stalled` and named by
 //!   `/readyz` (503). The later batches in flight are stopped, and after a backoff (1 s doubling
-//!   to `restart_backoff_max`) the worker restarts from the stored offset: the same records, in
-//!   order, are handed over again. The first durable batch clears the stall. A stalled partition
+//!   to `restart_backoff_max`) the worker seeks the partition back to the stored offset: the same
+//!   records, in order, are read and handed over again (the runtime keeps no copy of a batch once
+//!   the handler has it, so a batch's records are held once, by its handler, for only as long as
+//!   the handler needs them). The first durable batch clears the stall. A stalled partition
 //!   is never idle, so an idle timeout cannot end a run with records left behind; with
 //!   `max_worker_restarts` the run ends with [`RunEnd::GaveUp`] once a partition used them up,
 //!   for a supervisor to restart the process. A worker that ends on its own while its partition is
 //!   assigned ends the run with an error.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,7 +49,7 @@ use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, Stream
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::mpsc as channel;
 use tokio::task::JoinHandle;
@@ -72,9 +74,13 @@ pub trait BatchHandler: Send + Sync + 'static {
     /// before it starts the partition's next batch: what a handler does before its first `.await`
     /// therefore happens in batch order (a handler that keeps per-key order across batches claims
     /// its keys there).
+    ///
+    /// The handler owns `batch`: what it drops early (a record once planned, say) is freed at
+    /// once. The runtime keeps only the batch's offsets; a batch handed over again is read again
+    /// from Kafka.
     fn handle(
         &self,
-        batch: &[OwnedMessage],
+        batch: Vec<OwnedMessage>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<(), Interrupted>> + Send;
 }
@@ -480,8 +486,30 @@ fn commit_stored<X: ConsumerContext, C: Consumer<X>>(consumer: &C) {
     }
 }
 
-/// What a batch's future yields: the handler's verdict and the batch, for its offsets.
-pub type BatchOutcome = (Result<(), Interrupted>, Vec<OwnedMessage>);
+/// Where a batch lay in its partition: what the runtime keeps of it once the handler has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSpan {
+    /// The first record's offset.
+    pub first: i64,
+    /// The last record's offset.
+    pub last: i64,
+    /// How many records the batch held.
+    pub records: usize,
+}
+
+impl BatchSpan {
+    /// The span of `batch`, `None` when it is empty.
+    pub fn of(batch: &[OwnedMessage]) -> Option<Self> {
+        Some(Self {
+            first: batch.first()?.offset(),
+            last: batch.last()?.offset(),
+            records: batch.len(),
+        })
+    }
+}
+
+/// What a batch's future yields: the handler's verdict and where the batch lay.
+pub type BatchOutcome = (Result<(), Interrupted>, Option<BatchSpan>);
 pub type BatchFuture = Pin<Box<dyn Future<Output = BatchOutcome> + Send>>;
 
 /// Starts handling `batch` as the runtime does: the future is polled once here, so whatever the
@@ -503,8 +531,9 @@ async fn start_counted<H: BatchHandler>(
 ) -> BatchFuture {
     let (handler, cancel) = (Arc::clone(handler), cancel.clone());
     let busy = activity.map(Busy::new);
+    let span = BatchSpan::of(&batch);
     let mut future: BatchFuture = Box::pin(async move {
-        let handled = std::panic::AssertUnwindSafe(handler.handle(&batch, &cancel))
+        let handled = std::panic::AssertUnwindSafe(handler.handle(batch, &cancel))
             .catch_unwind()
             .await;
         let result = match handled {
@@ -519,7 +548,7 @@ async fn start_counted<H: BatchHandler>(
             )),
         };
         drop(busy);
-        (result, batch)
+        (result, span)
     });
     match futures::poll!(future.as_mut()) {
         Poll::Ready(outcome) => Box::pin(std::future::ready(outcome)),
@@ -611,24 +640,12 @@ impl<H: BatchHandler> PartitionWorker<H> {
         let depth = self.options.pipeline.max(1);
         let mut in_flight: FuturesOrdered<BatchFuture> = FuturesOrdered::new();
         let mut batch = Filling::new(&self.options);
-        // Records to hand over again after a restart, ahead of anything in the queue.
-        let mut replay: VecDeque<OwnedMessage> = VecDeque::new();
         // Batches of one generation share a token, so a restart can stop the later ones.
         let mut generation = self.cancel.child_token();
         let mut stall: Option<Stall> = None;
         // When the batch being filled must go, full or not; set by its first record.
         let mut linger_until = tokio::time::Instant::now();
         loop {
-            // Replayed records come first, in their order, without waiting.
-            while !batch.is_full() {
-                let Some(message) = replay.pop_front() else {
-                    break;
-                };
-                if batch.is_empty() {
-                    linger_until = tokio::time::Instant::now();
-                }
-                batch.push(message);
-            }
             let room = in_flight.len() < depth && !self.cancel.is_cancelled();
             let ready = room
                 && !batch.is_empty()
@@ -645,7 +662,8 @@ impl<H: BatchHandler> PartitionWorker<H> {
                 // With batches in flight, their handlers see the cancel and end them (below).
                 () = self.cancel.cancelled(), if in_flight.is_empty() => break,
                 Some((handled, done)) = in_flight.next(), if !in_flight.is_empty() => {
-                    let Some(last_offset) = done.last().map(Message::offset) else { continue };
+                    let Some(done) = done else { continue };
+                    let last_offset = done.last;
                     match handled {
                         Ok(()) => {
                             if let Some(consumer) = consumer.upgrade() {
@@ -653,7 +671,7 @@ impl<H: BatchHandler> PartitionWorker<H> {
                                     tracing::warn!(topic, partition, offset = last_offset, error = %error, "storing offset failed");
                                 }
                             }
-                            tracing::debug!(topic, partition, records = done.len(), offset = last_offset, "batch durable");
+                            tracing::debug!(topic, partition, records = done.records, offset = last_offset, "batch durable");
                             if stall.take().is_some() {
                                 tracing::info!(topic, partition, offset = last_offset, "partition makes progress again");
                                 lock(&self.stalled).remove(&(topic.clone(), partition));
@@ -666,26 +684,24 @@ impl<H: BatchHandler> PartitionWorker<H> {
                             tracing::info!(
                                 topic,
                                 partition,
-                                records = done.len(),
+                                records = done.records,
                                 later_batches = in_flight.len(),
                                 "batch abandoned on cancel; it and any later batch will be read again"
                             );
                             break;
                         }
                         Err(Interrupted::GaveUp(why)) => {
-                            // Everything after the last stored offset, in order: this batch, the
-                            // later ones in flight (stopped and awaited) and the one being filled.
+                            // Everything from this batch on is read again, in order: the later
+                            // batches in flight are stopped and awaited, the one being filled
+                            // dropped, and the partition sought back to this batch's first record
+                            // (the offset after the last stored one).
                             generation.cancel();
-                            let mut pending: Vec<OwnedMessage> = done;
-                            while let Some((_, later)) = in_flight.next().await {
-                                pending.extend(later);
-                            }
-                            pending.extend(batch.take());
-                            pending.extend(replay.drain(..));
-                            replay = pending.into();
+                            while in_flight.next().await.is_some() {}
+                            drop(batch.take());
                             let restarts = stall.as_ref().map_or(0, |s| s.restarts);
-                            let first = replay.front().map_or(last_offset, Message::offset);
-                            if !self.report_stall(&why, first, restarts).await {
+                            if !self.report_stall(&why, done.first, restarts).await
+                                || !self.seek(&consumer, done.first).await
+                            {
                                 break;
                             }
                             stall = Some(Stall {
@@ -697,7 +713,7 @@ impl<H: BatchHandler> PartitionWorker<H> {
                     }
                 }
                 () = tokio::time::sleep_until(linger_until), if room && !batch.is_empty() => {}
-                received = self.queue.recv(), if room && replay.is_empty() && !batch.is_full() => match received {
+                received = self.queue.recv(), if room && !batch.is_full() => match received {
                     Ok(message) => {
                         if batch.is_empty() {
                             linger_until = tokio::time::Instant::now() + self.options.batch_linger;
@@ -723,6 +739,48 @@ impl<H: BatchHandler> PartitionWorker<H> {
         }
         // Batches still in flight are dropped here, unacknowledged. A stall, if any, stays
         // recorded until the run collects it or the partition's next worker makes progress.
+    }
+
+    /// Moves the partition's fetch position back to `offset`; records fetched before are dropped
+    /// by librdkafka, so the next record read is the one at `offset`. A failed seek is retried
+    /// (logged each time) until it succeeds: reading on from the old position would let a later
+    /// batch's offset be stored past records never made durable. Returns `false` when cancelled.
+    async fn seek(&self, consumer: &Weak<PartitionedConsumer<H>>, offset: i64) -> bool {
+        let (topic, partition) = (self.topic.as_str(), self.partition);
+        let mut attempt = 0_u32;
+        loop {
+            let Some(consumer) = consumer.upgrade() else {
+                return false;
+            };
+            let owned_topic = self.topic.clone();
+            let sought = tokio::task::spawn_blocking(move || {
+                consumer.seek(
+                    &owned_topic,
+                    partition,
+                    Offset::Offset(offset),
+                    SEEK_TIMEOUT,
+                )
+            })
+            .await;
+            let error = match sought {
+                Ok(Ok(())) => return true,
+                Ok(Err(error)) => error.to_string(),
+                Err(join) => join.to_string(),
+            };
+            let delay = restart_delay(attempt, self.options.restart_backoff_max);
+            tracing::error!(
+                topic,
+                partition,
+                offset,
+                error,
+                "seeking the partition back to the stored offset failed; retrying in {delay:?}"
+            );
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                () = self.cancel.cancelled() => return false,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
     }
 
     /// Reports that the handler gave up at `offset`, then waits before the restart. Returns
@@ -777,6 +835,9 @@ impl<H: BatchHandler> PartitionWorker<H> {
         true
     }
 }
+
+/// How long one seek may wait for librdkafka to move a partition's fetch position.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// 1 s, doubling with each restart in a row, at most `max`.
 fn restart_delay(restarts: u32, max: Duration) -> Duration {

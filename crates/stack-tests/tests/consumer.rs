@@ -607,7 +607,7 @@ async fn an_order_whose_user_lands_just_before_the_users_stream_answers_is_appli
         metrics,
     };
     handler
-        .handle(&batch, &tokio_util::sync::CancellationToken::new())
+        .handle(batch, &tokio_util::sync::CancellationToken::new())
         .await
         .map_err(|interrupted| anyhow::anyhow!("the batch did not end: {interrupted:?}"))?;
     assert_eq!(

@@ -26,7 +26,7 @@ struct Recorder {
 impl BatchHandler for Recorder {
     async fn handle(
         &self,
-        batch: &[OwnedMessage],
+        batch: Vec<OwnedMessage>,
         _: &CancellationToken,
     ) -> Result<(), Interrupted> {
         let offsets = batch.iter().map(Message::offset).collect();
@@ -218,7 +218,7 @@ impl Flaky {
 impl BatchHandler for Flaky {
     async fn handle(
         &self,
-        batch: &[OwnedMessage],
+        batch: Vec<OwnedMessage>,
         _: &CancellationToken,
     ) -> Result<(), Interrupted> {
         let (first, last) = (
@@ -387,5 +387,71 @@ async fn a_partition_out_of_restarts_ends_the_run_as_gave_up() -> Result<()> {
         "committed {offset:?}, the failing batch starts at {}",
         gave_up[0]
     );
+    Ok(())
+}
+
+/// A handler that let go of its records parks one by its position: the record is read again
+/// from Kafka and its dead letter holds its key and payload as they were, with the reason and
+/// the source position; a position past the partition's end is refused as gone, not waited on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_let_go_of_is_read_again_by_its_offset_for_its_dead_letter() -> Result<()> {
+    use cdc_core::dlq::{self, DeadLetters, Position, RereadError};
+    let _shared = shared().await;
+    let stack = Stack::from_env()?;
+    let (topic, _) = topic_with_records(&stack, "runtime_reread", 10).await?;
+    let rf = i32::try_from(stack.broker_count)?;
+    ensure_topics(
+        &stack.brokers,
+        &[TopicSpec::new(dlq::topic_for(&topic), 1, rf)],
+        Duration::from_secs(30),
+    )
+    .await?;
+    let config = stack_tests::kafka::config(&stack);
+    let at = |offset| Position {
+        topic: &topic,
+        partition: 0,
+        offset,
+    };
+    let again = dlq::reread(&config, at(7)).await?;
+    ensure!(
+        again.offset() == 7 && again.key() == Some(b"7") && again.payload() == Some(b"7"),
+        "read again: {again:?}"
+    );
+    let past_the_end = dlq::reread(&config, at(1_000)).await;
+    ensure!(
+        matches!(past_the_end, Err(RereadError::Gone { .. })),
+        "offset 1000 of a 10-record partition: {past_the_end:?}"
+    );
+
+    let letters = DeadLetters::new(dlq::producer(config.clone())?, Duration::from_secs(30))
+        .rereading_with(config);
+    let mut tally = cdc_core::metrics::Tally::default();
+    letters
+        .park_at(
+            at(3),
+            "rejected_by_the_sink",
+            "the sink refused it".to_owned(),
+            &mut tally,
+            &CancellationToken::new(),
+        )
+        .await
+        .map_err(|interrupted| anyhow::anyhow!("parking did not end: {interrupted:?}"))?;
+    ensure!(tally.parked == ["rejected_by_the_sink"], "{tally:?}");
+    let parked = stack_tests::kafka::dead_letters(&stack, &dlq::topic_for(&topic))?;
+    ensure!(parked.len() == 1, "{parked:?}");
+    let letter = &parked[0];
+    ensure!(
+        (
+            letter.source_topic.as_str(),
+            letter.source_partition,
+            letter.source_offset
+        ) == (topic.as_str(), 0, 3)
+            && letter.reason == "rejected_by_the_sink"
+            && letter.error == "the sink refused it"
+            && letter.key.as_deref() == Some(b"3".as_slice())
+            && letter.payload.as_deref() == Some(b"3".as_slice()),
+        "{letter:?}"
+    );
+    stack_tests::kafka::delete_topics_and_dead_letters(&stack, &[&topic]).await;
     Ok(())
 }

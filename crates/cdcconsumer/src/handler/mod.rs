@@ -16,6 +16,10 @@
 //! visibly. An undecodable record, or one whose values Cassandra refuses, is parked in
 //! `<topic>.dlq` and the partition moves on. The batch is durable — and its offsets may be
 //! stored — only when every record is written or parked.
+//!
+//! **Memory**: a batch's records are held only until it is planned and its undecodable and
+//! impossible records are parked; the writes run on the plans alone. A record Cassandra refuses
+//! is read again from Kafka by its offset for its dead letter (`DeadLetters::park_at`).
 
 mod evolve;
 pub mod gates;
@@ -29,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cdc_core::debezium::Encoding;
-use cdc_core::dlq::DeadLetters;
+use cdc_core::dlq::{DeadLetters, Position};
 use cdc_core::metrics::{Metrics, Tally, TopicLabels};
 use cdc_core::outcome::Interrupted;
 use cdc_core::retry::retry;
@@ -159,6 +163,25 @@ struct Decoded<'a> {
 }
 
 impl Decoded<'_> {
+    /// The records (positions in the batch) whose source position is above `ceiling`, with it.
+    fn beyond(&self, ceiling: i64) -> Vec<(usize, i64)> {
+        let mut found = Vec::new();
+        for step in &self.steps {
+            match step {
+                Step::Segment(segment) => found.extend(
+                    segment
+                        .plans
+                        .iter()
+                        .filter(|(_, plan)| plan.lsn > ceiling)
+                        .map(|(index, plan)| (*index, plan.lsn)),
+                ),
+                Step::Truncate { index, lsn, .. } if *lsn > ceiling => found.push((*index, *lsn)),
+                Step::Truncate { .. } => {}
+            }
+        }
+        found
+    }
+
     /// The highest source position the batch claims.
     fn max_lsn(&self) -> i64 {
         self.steps
@@ -252,18 +275,20 @@ impl CdcHandler {
 impl BatchHandler for CdcHandler {
     async fn handle(
         &self,
-        batch: &[OwnedMessage],
+        batch: Vec<OwnedMessage>,
         cancel: &CancellationToken,
     ) -> Result<(), Interrupted> {
         let started = Instant::now();
         // Before any `.await`: see `KeyGates`.
-        let mut decoded = self.decode(batch);
-        let topic = TopicLabels {
-            topic: batch
-                .first()
-                .map(|m| m.topic().to_owned())
-                .unwrap_or_default(),
+        let mut decoded = self.decode(&batch);
+        let Some(first) = batch.first() else {
+            return Ok(());
         };
+        let topic = TopicLabels {
+            topic: first.topic().to_owned(),
+        };
+        let partition = first.partition();
+        let offsets: Vec<i64> = batch.iter().map(Message::offset).collect();
         // Schema changes first: nothing of the batch is written or parked before they are met.
         let registry = Arc::clone(&decoded.registry);
         self.stop_on_drift(&decoded, &registry, cancel).await?;
@@ -288,21 +313,26 @@ impl BatchHandler for CdcHandler {
                 .park(&batch[*index], error.reason(), message, &mut tally, cancel)
                 .await?;
         }
+        // Positions that cannot be real are parked, never written; parked now, while the
+        // records are at hand.
         let ceiling = self.position_ceiling(decoded.max_lsn(), cancel).await?;
+        let impossible = decoded.beyond(ceiling);
+        for (index, lsn) in &impossible {
+            let why = positions::impossible(*lsn, ceiling);
+            let reason = positions::IMPOSSIBLE_POSITION;
+            self.dlq
+                .park(&batch[*index], reason, why, &mut tally, cancel)
+                .await?;
+        }
+        // Planned: the records are let go of here, before the writes (the longest part of a
+        // batch); one Cassandra refuses is read again from Kafka for its dead letter.
+        let records = batch.len();
+        drop(batch);
+        let impossible: BTreeSet<usize> = impossible.into_iter().map(|(i, _)| i).collect();
         for step in decoded.steps {
             match step {
                 Step::Segment(segment) if segment.plans.is_empty() => {}
                 Step::Segment(Segment { mut plans, chains }) => {
-                    // Positions that cannot be real are parked, never written.
-                    let mut impossible = BTreeSet::new();
-                    for (index, plan) in plans.iter().filter(|(_, p)| p.lsn > ceiling) {
-                        let why = positions::impossible(plan.lsn, ceiling);
-                        let reason = positions::IMPOSSIBLE_POSITION;
-                        self.dlq
-                            .park(&batch[*index], reason, why, &mut tally, cancel)
-                            .await?;
-                        impossible.insert(*index);
-                    }
                     for (index, plan) in &mut plans {
                         if impossible.contains(index) {
                             plan.writes.clear();
@@ -320,9 +350,14 @@ impl BatchHandler for CdcHandler {
                     self.settle_truncations(&plans, cancel).await?;
                     let refused_at: BTreeSet<usize> = refused.iter().map(|(i, _)| *i).collect();
                     for (index, error) in refused {
+                        let at = Position {
+                            topic: &topic.topic,
+                            partition,
+                            offset: offsets[index],
+                        };
                         self.dlq
-                            .park(
-                                &batch[index],
+                            .park_at(
+                                at,
                                 REJECTED_BY_CASSANDRA,
                                 error.to_string(),
                                 &mut tally,
@@ -337,13 +372,7 @@ impl BatchHandler for CdcHandler {
                         }
                     }
                 }
-                Step::Truncate { index, lsn, .. } if lsn > ceiling => {
-                    let why = positions::impossible(lsn, ceiling);
-                    let reason = positions::IMPOSSIBLE_POSITION;
-                    self.dlq
-                        .park(&batch[index], reason, why, &mut tally, cancel)
-                        .await?;
-                }
+                Step::Truncate { index, .. } if impossible.contains(&index) => {}
                 Step::Truncate {
                     table,
                     lsn,
@@ -359,7 +388,8 @@ impl BatchHandler for CdcHandler {
         for commit_micros in written {
             self.observe(&topic, commit_micros);
         }
-        self.metrics.record_batch(batch, &tally, started.elapsed());
+        self.metrics
+            .record_batch(&topic.topic, records, &tally, started.elapsed());
         Ok(())
     }
 }
