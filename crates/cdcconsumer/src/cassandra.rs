@@ -38,6 +38,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// a warning or refuse it.
 pub const BATCH_LIMIT: usize = 4 * 1024;
 
+/// The most writes (rows, so partitions at most) one request may carry when it joins several
+/// changes: Cassandra warns, to the client and in its log, about an unlogged batch over more
+/// partitions (`unlogged_batch_across_partitions_warn_threshold`, 10 by default).
+pub const GROUP_WRITES: usize = 10;
+
 /// The keyspace and tables, applied at start (idempotent).
 pub const SCHEMA: &str = include_str!("../../../cassandra-schema.cql");
 
@@ -131,6 +136,38 @@ impl Write {
     }
 }
 
+/// Whether changes whose writes number `writes` and carry about `bytes` (see
+/// [`Write::approx_bytes`]) may go in one request ([`Statements::execute_group`]).
+pub const fn fits_in_a_group(writes: usize, bytes: usize) -> bool {
+    writes <= GROUP_WRITES && bytes <= BATCH_LIMIT
+}
+
+/// Packs `items`, in order, into groups each as large as still fits one request
+/// ([`fits_in_a_group`]), `size` giving an item's writes and value bytes; an item too large for a
+/// request alone is a group of its own.
+pub fn pack_groups<T>(
+    items: impl IntoIterator<Item = T>,
+    size: impl Fn(&T) -> (usize, usize),
+) -> Vec<Vec<T>> {
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    let mut filled = (0, 0);
+    for item in items {
+        let (writes, bytes) = size(&item);
+        let joined = (filled.0 + writes, filled.1 + bytes);
+        match groups.last_mut() {
+            Some(group) if fits_in_a_group(joined.0, joined.1) => {
+                group.push(item);
+                filled = joined;
+            }
+            _ => {
+                groups.push(vec![item]);
+                filled = (writes, bytes);
+            }
+        }
+    }
+    groups
+}
+
 /// About how many bytes `value` takes on the wire; see [`Write::approx_bytes`].
 fn value_bytes(value: &CqlValue) -> usize {
     match value {
@@ -145,13 +182,17 @@ fn value_bytes(value: &CqlValue) -> usize {
     }
 }
 
-fn bind(col: &Col) -> MaybeUnset<Option<CqlValue>> {
+/// A cell as a bound value, borrowed (the driver serialises it straight from the write).
+fn bind(col: &Col) -> Bound<'_> {
     match col {
         Field::Unavailable => MaybeUnset::Unset,
         Field::Null => MaybeUnset::Set(None),
-        Field::Value(v) => MaybeUnset::Set(Some(v.clone())),
+        Field::Value(v) => MaybeUnset::Set(Some(v)),
     }
 }
+
+/// One bound value of a statement.
+type Bound<'a> = MaybeUnset<Option<&'a CqlValue>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CassandraError {
@@ -176,15 +217,15 @@ pub enum CassandraError {
 }
 
 impl CassandraError {
-    /// Whether the value written caused the failure, so that retrying can never help: it cannot be
-    /// serialised for its column, or Cassandra refuses the mutation as too large. Everything else —
-    /// timeouts, unavailable replicas, overload, broken connections, a missing table or keyspace,
-    /// missing permissions — is the cluster's or the operator's, and a record is never parked for it.
+    /// Whether the value written caused the failure, so that retrying can never help: Cassandra
+    /// refuses the mutation (or the batch carrying it) as too large. Everything else — timeouts,
+    /// unavailable replicas, overload, broken connections, a missing table or keyspace, missing
+    /// permissions — is the cluster's or the operator's, and a record is never parked for it. So is
+    /// a value the driver cannot serialise for its column: planning already converted it to the
+    /// column's type in the tables' description, so the table in Cassandra differs from it (an
+    /// operator's change), which stalls the partition visibly until the table is mended.
     pub fn is_record_fault(&self) -> bool {
         match self {
-            Self::Execute(ExecutionError::LastAttemptError(
-                RequestAttemptError::SerializationError(_),
-            )) => true,
             Self::Execute(ExecutionError::LastAttemptError(RequestAttemptError::DbError(
                 DbError::Invalid,
                 message,
@@ -490,7 +531,8 @@ impl Statements {
         write: &Write,
         ts: i64,
     ) -> Result<(), CassandraError> {
-        let (statement, values) = self.bound(session, write, ts).await?;
+        let ts = CqlValue::BigInt(ts);
+        let (statement, values) = self.bound(session, write, &ts).await?;
         session.execute_unpaged(statement.as_ref(), values).await?;
         Ok(())
     }
@@ -517,13 +559,33 @@ impl Statements {
             _ if writes.iter().map(Write::approx_bytes).sum::<usize>() > BATCH_LIMIT => {
                 self.execute_each(session, writes, ts).await
             }
-            _ => match self.execute_batch(session, writes, ts).await {
-                Err(error) if error.is_record_fault() => {
-                    tracing::debug!(%error, writes = writes.len(), "batch refused; writing its rows one by one");
-                    self.execute_each(session, writes, ts).await
+            _ => {
+                let stamped: Vec<(&Write, i64)> = writes.iter().map(|w| (w, ts)).collect();
+                match self.execute_batch(session, &stamped).await {
+                    Err(error) if error.is_record_fault() => {
+                        tracing::debug!(%error, writes = writes.len(), "batch refused; writing its rows one by one");
+                        self.execute_each(session, writes, ts).await
+                    }
+                    other => other,
                 }
-                other => other,
-            },
+            }
+        }
+    }
+
+    /// Executes the writes of several changes, each at its own write timestamp, in one unlogged
+    /// batch: the caller keeps them within [`GROUP_WRITES`] and [`BATCH_LIMIT`] (see
+    /// [`fits_in_a_group`]). Each write carries its own timestamp, so the order of the writes
+    /// inside the request, a partial application or a retry of the whole changes nothing. A
+    /// refusal is not split here: the caller writes the changes one by one to learn whose it is.
+    pub async fn execute_group(
+        &self,
+        session: &Session,
+        writes: &[(&Write, i64)],
+    ) -> Result<(), CassandraError> {
+        match writes {
+            [] => Ok(()),
+            [(write, ts)] => self.execute(session, write, *ts).await,
+            _ => self.execute_batch(session, writes).await,
         }
     }
 
@@ -539,19 +601,19 @@ impl Statements {
             .map(drop)
     }
 
-    /// `writes` in one unlogged batch.
+    /// `writes` in one unlogged batch, each at its timestamp.
     async fn execute_batch(
         &self,
         session: &Session,
-        writes: &[Write],
-        ts: i64,
+        writes: &[(&Write, i64)],
     ) -> Result<(), CassandraError> {
         let mut batch = Batch::new(BatchType::Unlogged);
         batch.set_consistency(self.consistency);
         batch.set_is_idempotent(true);
         batch.set_request_timeout(Some(REQUEST_TIMEOUT));
+        let stamps: Vec<CqlValue> = writes.iter().map(|(_, ts)| CqlValue::BigInt(*ts)).collect();
         let mut values = Vec::with_capacity(writes.len());
-        for write in writes {
+        for ((write, _), ts) in writes.iter().zip(&stamps) {
             let (statement, bound) = self.bound(session, write, ts).await?;
             batch.append_statement(statement.into_owned());
             values.push(bound);
@@ -561,29 +623,20 @@ impl Statements {
     }
 
     /// The prepared statement of `write` and its values, the write timestamp among them.
-    async fn bound(
-        &self,
+    async fn bound<'a>(
+        &'a self,
         session: &Session,
-        write: &Write,
-        ts: i64,
-    ) -> Result<
-        (
-            Cow<'_, PreparedStatement>,
-            Vec<MaybeUnset<Option<CqlValue>>>,
-        ),
-        CassandraError,
-    > {
+        write: &'a Write,
+        ts: &'a CqlValue,
+    ) -> Result<(Cow<'a, PreparedStatement>, Vec<Bound<'a>>), CassandraError> {
         let statements = self.of(write.table()).ok_or_else(|| {
             CassandraError::Read(format!("no statements for {}", write.table().name))
         })?;
         Ok(match write {
             Write::Upsert { cells, extra, .. } => {
-                let mut values: Vec<MaybeUnset<Option<CqlValue>>> = cells
-                    .iter()
-                    .chain(extra.iter().map(|e| &e.value))
-                    .map(bind)
-                    .collect();
-                values.push(MaybeUnset::Set(Some(CqlValue::BigInt(ts))));
+                let mut values = Vec::with_capacity(cells.len() + extra.len() + 1);
+                values.extend(cells.iter().chain(extra.iter().map(|e| &e.value)).map(bind));
+                values.push(MaybeUnset::Set(Some(ts)));
                 let statement = if extra.is_empty() {
                     Cow::Borrowed(&statements.upsert)
                 } else {
@@ -593,8 +646,8 @@ impl Statements {
             }
             Write::Delete { key, .. } => {
                 let mut values = Vec::with_capacity(key.len() + 1);
-                values.push(MaybeUnset::Set(Some(CqlValue::BigInt(ts))));
-                values.extend(key.iter().map(|v| MaybeUnset::Set(Some(v.clone()))));
+                values.push(MaybeUnset::Set(Some(ts)));
+                values.extend(key.iter().map(|v| MaybeUnset::Set(Some(v))));
                 (Cow::Borrowed(&statements.delete), values)
             }
         })

@@ -124,7 +124,8 @@ pub struct RunArgs {
     /// Replication factor of the dead-letter topics created at start.
     #[arg(long, env = "REPLICATION_FACTOR", default_value_t = 3)]
     pub replication_factor: i32,
-    /// Keys written at once per batch (each key's changes stay in order).
+    /// Write requests at once per batch, each carrying one key's changes or several small keys'
+    /// (each key's changes end as in source order).
     #[arg(long, env = "LANES", default_value_t = 64)]
     pub lanes: usize,
     /// Batches of one partition in flight at once: the next batch is written while the previous

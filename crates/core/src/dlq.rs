@@ -330,25 +330,42 @@ impl std::fmt::Display for Position<'_> {
     }
 }
 
-/// Reading a record again by its position failed.
+/// Reading a record again by its position failed: where, and why.
 #[derive(Debug, thiserror::Error)]
-pub enum RereadError {
-    #[error("re-reading the record at {at} failed: {source}")]
-    Kafka {
-        at: String,
-        #[source]
-        source: KafkaError,
-    },
-    #[error("re-reading the record at {at}: nothing arrived within {waited:?}")]
-    TimedOut { at: String, waited: Duration },
+#[error("re-reading the record at {topic}/{partition} offset {offset}: {failure}")]
+pub struct RereadError {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub failure: RereadFailure,
+}
+
+/// Why a re-read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RereadFailure {
+    #[error("{0}")]
+    Kafka(#[from] KafkaError),
+    #[error("nothing arrived within {0:?}")]
+    TimedOut(Duration),
     /// The offset is no longer in the partition (retention removed it, or it never held a record).
-    #[error("the record at {at} is no longer in Kafka{}", next.map(|n| format!(" (the next record is at offset {n})")).unwrap_or_default())]
-    Gone { at: String, next: Option<i64> },
+    #[error("the record is no longer in Kafka{}", next.map(|n| format!(" (the next record is at offset {n})")).unwrap_or_default())]
+    Gone { next: Option<i64> },
+    /// The blocking task that reads ended without an answer (it panicked, or the runtime is
+    /// shutting down).
+    #[error("the re-read's task ended without an answer: {0}")]
+    Abandoned(String),
+}
+
+impl RereadError {
+    /// The record is no longer in Kafka: reading again cannot help.
+    pub fn is_gone(&self) -> bool {
+        matches!(self.failure, RereadFailure::Gone { .. })
+    }
 }
 
 impl Classify for RereadError {
     fn is_transient(&self) -> bool {
-        !matches!(self, Self::Gone { .. })
+        !self.is_gone()
     }
 }
 
@@ -368,60 +385,49 @@ pub async fn reread(config: &ClientConfig, at: Position<'_>) -> Result<OwnedMess
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "error");
-    let (topic, partition, offset) = (at.topic.to_owned(), at.partition, at.offset);
-    let where_ = at.to_string();
-    let lost = where_.clone();
-    let kafka = {
-        let where_ = where_.clone();
-        move |source| RereadError::Kafka {
-            at: where_.clone(),
-            source,
-        }
-    };
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = config.create().map_err(&kafka)?;
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(&topic, partition, Offset::Offset(offset))
-            .map_err(&kafka)?;
-        consumer.assign(&assignment).map_err(&kafka)?;
-        let deadline = std::time::Instant::now() + REREAD_WAIT;
-        let mut last_error = None;
-        while std::time::Instant::now() < deadline {
-            match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(message)) if message.offset() == offset => return Ok(message.detach()),
-                Some(Ok(message)) if message.offset() > offset => {
-                    return Err(RereadError::Gone {
-                        at: where_,
-                        next: Some(message.offset()),
-                    })
-                }
-                // `auto.offset.reset=error`: the offset is outside the partition's log.
-                Some(Err(KafkaError::MessageConsumption(
-                    RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset,
-                ))) => {
-                    return Err(RereadError::Gone {
-                        at: where_,
-                        next: None,
-                    })
-                }
-                Some(Err(error)) => last_error = Some(error),
-                Some(Ok(_)) | None => {}
-            }
-        }
-        Err(last_error.map_or(
-            RereadError::TimedOut {
-                at: where_,
-                waited: REREAD_WAIT,
-            },
-            kafka,
-        ))
+    let topic = at.topic.to_owned();
+    let (partition, offset) = (at.partition, at.offset);
+    let read = tokio::task::spawn_blocking(move || read_at(&config, &topic, partition, offset))
+        .await
+        .unwrap_or_else(|join| Err(RereadFailure::Abandoned(join.to_string())));
+    read.map_err(|failure| RereadError {
+        topic: at.topic.to_owned(),
+        partition,
+        offset,
+        failure,
     })
-    .await
-    .unwrap_or(Err(RereadError::TimedOut {
-        at: lost,
-        waited: REREAD_WAIT,
-    }))
+}
+
+/// The blocking part of [`reread`].
+fn read_at(
+    config: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<OwnedMessage, RereadFailure> {
+    let consumer: BaseConsumer = config.create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + REREAD_WAIT;
+    let mut last_error = None;
+    while std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) if message.offset() == offset => return Ok(message.detach()),
+            Some(Ok(message)) if message.offset() > offset => {
+                return Err(RereadFailure::Gone {
+                    next: Some(message.offset()),
+                })
+            }
+            // `auto.offset.reset=error`: the offset is outside the partition's log.
+            Some(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset,
+            ))) => return Err(RereadFailure::Gone { next: None }),
+            Some(Err(error)) => last_error = Some(error),
+            Some(Ok(_)) | None => {}
+        }
+    }
+    Err(last_error.map_or(RereadFailure::TimedOut(REREAD_WAIT), RereadFailure::Kafka))
 }
 
 /// Where a batch handler parks records: the dead-letter producer, how long a dead-letter
@@ -484,7 +490,7 @@ impl DeadLetters {
         .await?;
         let (message, error) = match read {
             Ok(message) => (message, error),
-            Err(gone @ RereadError::Gone { .. }) => {
+            Err(gone) if gone.is_gone() => {
                 tracing::error!(%at, reason, error = %gone, "a record to park is no longer in Kafka");
                 let placeholder = OwnedMessage::new(
                     None,

@@ -670,6 +670,8 @@ impl<H: BatchHandler> PartitionWorker<H> {
                                 if let Err(error) = consumer.store_offset(&topic, partition, last_offset) {
                                     tracing::warn!(topic, partition, offset = last_offset, error = %error, "storing offset failed");
                                 }
+                            } else {
+                                tracing::debug!(topic, partition, offset = last_offset, "the consumer is gone (the run is stopping); the durable batch's offset is not stored and it is read again");
                             }
                             tracing::debug!(topic, partition, records = done.records, offset = last_offset, "batch durable");
                             if stall.take().is_some() {
@@ -750,6 +752,12 @@ impl<H: BatchHandler> PartitionWorker<H> {
         let mut attempt = 0_u32;
         loop {
             let Some(consumer) = consumer.upgrade() else {
+                tracing::debug!(
+                    topic,
+                    partition,
+                    offset,
+                    "the consumer is gone (the run is stopping); the worker ends without seeking"
+                );
                 return false;
             };
             let owned_topic = self.topic.clone();

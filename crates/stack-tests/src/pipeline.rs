@@ -198,6 +198,35 @@ impl Pipeline {
     }
 }
 
+/// A scratch keyspace with cassandra-schema.cql's tables at replication factor `rf` (the cluster's
+/// node count), usable on every replica.
+pub async fn create_keyspace(session: &Session, rf: usize, keyspace: &str) -> Result<()> {
+    cdcconsumer::cassandra::apply_schema(session, keyspace).await?;
+    let mut alter = Statement::new(format!(
+        "ALTER KEYSPACE {keyspace} WITH replication = \
+         {{'class': 'SimpleStrategy', 'replication_factor': {rf}}}"
+    ));
+    alter.set_request_timeout(Some(Duration::from_secs(60)));
+    session.query_unpaged(alter, ()).await?;
+    session.await_schema_agreement().await?;
+    // The driver's agreement check can pass before every replica has applied the new tables
+    // (replicas then answer INCOMPATIBLE_SCHEMA): wait until a read of each at ALL is accepted.
+    for table in cdc_core::tables::MIRRORED {
+        let mut probe = Statement::new(format!("SELECT * FROM {keyspace}.{} LIMIT 1", table.name));
+        probe.set_consistency(scylla::statement::Consistency::All);
+        crate::wait_for(
+            &format!("{keyspace}.{} on every replica", table.name),
+            Duration::from_secs(60),
+            || {
+                let probe = probe.clone();
+                async move { Ok(session.query_unpaged(probe, ()).await.is_ok().then_some(())) }
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Drops a keyspace a test made for itself.
 pub async fn drop_keyspace(session: &Session, keyspace: &str) -> Result<()> {
     let mut drop = Statement::new(format!("DROP KEYSPACE IF EXISTS {keyspace}"));

@@ -28,15 +28,14 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 use scylla::client::session::Session;
-use scylla::statement::unprepared::Statement;
 use scylla::statement::Consistency;
 use scylla::value::CqlValue;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
 use stack_tests::model::{order_row, user_row};
-use stack_tests::pipeline::drop_keyspace;
+use stack_tests::pipeline::{create_keyspace, drop_keyspace};
 use stack_tests::rows::{cql_value, Precision};
-use stack_tests::{shared, unique_name, wait_for, Stack};
+use stack_tests::{shared, unique_name, Stack};
 use uuid::Uuid;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,36 +75,6 @@ async fn create_pg_schema(pool: &PgPool, schema: &str) -> Result<()> {
     )))
     .execute(pool)
     .await?;
-    Ok(())
-}
-
-/// A scratch keyspace with cassandra-schema.cql's tables at the cluster's replication factor,
-/// usable on every replica.
-async fn create_keyspace(session: &Session, stack: &Stack, keyspace: &str) -> Result<()> {
-    cdcconsumer::cassandra::apply_schema(session, keyspace).await?;
-    let rf = stack.cassandra_nodes.len();
-    let mut alter = Statement::new(format!(
-        "ALTER KEYSPACE {keyspace} WITH replication = \
-         {{'class': 'SimpleStrategy', 'replication_factor': {rf}}}"
-    ));
-    alter.set_request_timeout(Some(Duration::from_secs(60)));
-    session.query_unpaged(alter, ()).await?;
-    session.await_schema_agreement().await?;
-    // The driver's agreement check can pass before every replica has applied the new tables
-    // (replicas then answer INCOMPATIBLE_SCHEMA): wait until a read of each at ALL is accepted.
-    for table in tables::MIRRORED {
-        let mut probe = Statement::new(format!("SELECT * FROM {keyspace}.{} LIMIT 1", table.name));
-        probe.set_consistency(Consistency::All);
-        wait_for(
-            &format!("{keyspace}.{} on every replica", table.name),
-            Duration::from_secs(60),
-            || {
-                let probe = probe.clone();
-                async move { Ok(session.query_unpaged(probe, ()).await.is_ok().then_some(())) }
-            },
-        )
-        .await?;
-    }
     Ok(())
 }
 
@@ -408,7 +377,7 @@ async fn compare_is_clean_on_equal_data_and_counts_exactly_the_drift() -> Result
     create_pg_schema(&admin, &schema).await?;
     let pool = pg_pool(&stack, Some(&schema)).await?;
     let session = cassandra(&stack).await?;
-    let outcome = match create_keyspace(&session, &stack, &keyspace).await {
+    let outcome = match create_keyspace(&session, stack.cassandra_nodes.len(), &keyspace).await {
         Ok(()) => match Statements::prepare(&session, &keyspace, Consistency::Quorum).await {
             Ok(statements) => {
                 let writer = CassandraWriter {

@@ -7,7 +7,8 @@
 //!   state without lightweight transactions.
 //! - [`gates`]: per-key ordering — one row's changes in source order, across the batches a
 //!   partition has in flight.
-//! - `write`: writing with retries and the same timestamp, up to `lanes` rows at once.
+//! - `write`: writing with retries and the same timestamps, several small keys' changes in one
+//!   request, up to `lanes` requests at once.
 //! - `truncate`: truncations, and undoing writes a truncation made obsolete.
 //!
 //! **Failures**: a failure that is not the record's own fault (write timeouts, unavailable

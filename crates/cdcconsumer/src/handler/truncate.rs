@@ -37,9 +37,18 @@ impl CdcHandler {
         })
         .await?
         .map_err(|error| Interrupted::gave_up("scan for truncation", error))?;
+        // A large table takes a while: say how much there is to delete, and when it is done.
+        tracing::info!(
+            table = table.name,
+            lsn,
+            rows = rows.len(),
+            "deleting the truncated table's rows"
+        );
         let deletes: Vec<(Write, i64)> = rows.into_iter().map(|w| (w, lsn)).collect();
         self.run_all("delete for truncation", &deletes, cancel)
-            .await
+            .await?;
+        tracing::info!(table = table.name, lsn, "truncation applied");
+        Ok(())
     }
 
     /// The latest truncation of each table, as recorded in Cassandra.
