@@ -9,7 +9,7 @@
 //! by another client with a wall-clock timestamp would always win, and a freshly initialised
 //! PostgreSQL cluster (whose LSNs start low again) needs empty tables here.
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,6 +101,61 @@ impl Write {
                     _ => None,
                 })
                 .collect(),
+        }
+    }
+
+    /// The key cells of the row the write touches, in key order, without copying them (`None` for
+    /// a key cell an upsert lacks, which planning never leaves).
+    fn key_cells(&self) -> impl Iterator<Item = Option<&CqlValue>> + '_ {
+        let (upsert, delete) = match self {
+            Self::Upsert { table, cells, .. } => (Some((table, cells)), None),
+            Self::Delete { key, .. } => (None, Some(key)),
+        };
+        let upsert = upsert.into_iter().flat_map(|(table, cells)| {
+            table.key.iter().map(
+                |name| match table.position(name).and_then(|at| cells.get(at)) {
+                    Some(Field::Value(value)) => Some(value),
+                    _ => None,
+                },
+            )
+        });
+        let delete = delete.into_iter().flatten().map(Some);
+        upsert.chain(delete)
+    }
+
+    /// Whether both writes touch the same row of the same table.
+    pub fn same_row(&self, other: &Self) -> bool {
+        std::ptr::eq(self.table(), other.table()) && self.key_cells().eq(other.key_cells())
+    }
+
+    /// Whether this write, given a higher write timestamp than `older`'s, leaves nothing of
+    /// `older` visible in Cassandra, so that `older` need not be written at all: the same row,
+    /// and either a delete (its row tombstone shadows every older cell) or an upsert that sets
+    /// every column `older` sets (no cell left unchanged, every added column of `older` among
+    /// its own). An upsert never replaces a delete: the tombstone also hides older cells of
+    /// columns the upsert does not know. And this write must be one Cassandra cannot refuse for
+    /// its size ([`BATCH_LIMIT`]): `older` is left out only for a write that is sure to land.
+    pub fn replaces(&self, older: &Self) -> bool {
+        if self.approx_bytes() > BATCH_LIMIT || !self.same_row(older) {
+            return false;
+        }
+        match (self, older) {
+            (Self::Delete { .. }, _) => true,
+            (Self::Upsert { .. }, Self::Delete { .. }) => false,
+            (
+                Self::Upsert { cells, extra, .. },
+                Self::Upsert {
+                    extra: older_extra, ..
+                },
+            ) => {
+                let set = |cell: &Col| !matches!(cell, Field::Unavailable);
+                cells.iter().all(set)
+                    && older_extra.iter().all(|old| {
+                        extra
+                            .iter()
+                            .any(|new| new.name == old.name && set(&new.value))
+                    })
+            }
         }
     }
 
@@ -547,20 +602,25 @@ impl Statements {
     /// A batch Cassandra refuses for its values (a cluster whose batch limit is set lower than
     /// [`BATCH_LIMIT`]) is sent again as separate writes, so a refusal is only ever a single
     /// write's own.
-    pub async fn execute_all(
+    pub async fn execute_all<W: Borrow<Write> + Sync>(
         &self,
         session: &Session,
-        writes: &[Write],
+        writes: &[W],
         ts: i64,
     ) -> Result<(), CassandraError> {
         match writes {
             [] => Ok(()),
-            [write] => self.execute(session, write, ts).await,
-            _ if writes.iter().map(Write::approx_bytes).sum::<usize>() > BATCH_LIMIT => {
+            [write] => self.execute(session, write.borrow(), ts).await,
+            _ if writes
+                .iter()
+                .map(|w| w.borrow().approx_bytes())
+                .sum::<usize>()
+                > BATCH_LIMIT =>
+            {
                 self.execute_each(session, writes, ts).await
             }
             _ => {
-                let stamped: Vec<(&Write, i64)> = writes.iter().map(|w| (w, ts)).collect();
+                let stamped: Vec<(&Write, i64)> = writes.iter().map(|w| (w.borrow(), ts)).collect();
                 match self.execute_batch(session, &stamped).await {
                     Err(error) if error.is_record_fault() => {
                         tracing::debug!(%error, writes = writes.len(), "batch refused; writing its rows one by one");
@@ -590,13 +650,13 @@ impl Statements {
     }
 
     /// `writes` as separate requests, run together; the first error, if any.
-    async fn execute_each(
+    async fn execute_each<W: Borrow<Write>>(
         &self,
         session: &Session,
-        writes: &[Write],
+        writes: &[W],
         ts: i64,
     ) -> Result<(), CassandraError> {
-        futures::future::try_join_all(writes.iter().map(|w| self.execute(session, w, ts)))
+        futures::future::try_join_all(writes.iter().map(|w| self.execute(session, w.borrow(), ts)))
             .await
             .map(drop)
     }

@@ -145,6 +145,16 @@ impl Pipeline {
         ))
     }
 
+    /// Runs cdcconsumer in its default group until the verifier finds the pipeline quiet and
+    /// clean (at QUORUM), then stops it: everything committed so far is applied, and the next
+    /// sink in the group reads only what comes after.
+    pub async fn catch_up(&self) -> Result<Verified> {
+        let sink = self.start_sink(CDC_GROUP)?;
+        let verified = self.verify(&Self::cdc_groups(), "quorum").await;
+        stop_sink(sink).await?;
+        verified
+    }
+
     /// Runs `cdcconsumer verify` and requires it clean: exit 0, every table with as many matching
     /// rows as it checked; also PostgreSQL's own counts equal the rows checked.
     pub async fn verify(&self, groups: &[String], consistency: &str) -> Result<Verified> {

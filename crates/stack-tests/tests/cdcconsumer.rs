@@ -4,7 +4,8 @@
 //! after each scenario: ≥ 10,000 events through every hop, changes made directly in SQL (updates,
 //! soft and hard deletes, an order moving to another user, multi-row transactions, TRUNCATE), a
 //! replay with a fresh consumer group, Kafka Connect SIGKILLed mid-stream, cdcconsumer SIGKILLed
-//! mid-backlog, a Cassandra node stopped and brought back, and hostile records on the CDC topics.
+//! mid-backlog, a Cassandra node stopped and brought back, hostile records on the CDC topics, and
+//! rows changed several times in one batch (only their newest writes sent).
 //!
 //! Where it adds strength, rows are also read from Cassandra directly and compared with what the
 //! test expects independently of the sink: the model folded from the generated event stream, or
@@ -464,9 +465,7 @@ async fn a_replay_from_the_earliest_offset_changes_nothing() -> Result<()> {
     let writer = SqlWriter::start(pipeline.pool.clone(), 20, Duration::ZERO);
     writer.wait_rounds(20, Duration::from_secs(60)).await?;
     let written = writer.finish().await?;
-    let sink = pipeline.start_sink(CDC_GROUP)?;
-    pipeline.verify(&Pipeline::cdc_groups(), "quorum").await?;
-    stop_sink(sink).await?;
+    pipeline.catch_up().await?;
     let reader = pipeline.quorum();
     written.check_cassandra(&reader).await?;
     let before = reader.snapshot().await?;
@@ -678,6 +677,97 @@ async fn cdcconsumer_killed_mid_backlog_then_restarted_ends_exact() -> Result<()
     Ok(())
 }
 
+/// Rows changed several times in one transaction reach cdcconsumer side by side, so a batch
+/// holds a row's creation, update and last change together: only each row's newest write is sent
+/// (the others are counted in `cdc_writes_left_out_total`), and Cassandra still ends exactly as
+/// PostgreSQL — every surviving order at its last version and status, every deleted one gone from
+/// `orders` and `orders_by_user`, as the test wrote them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_changed_again_in_one_batch_is_written_once_and_ends_exact() -> Result<()> {
+    let _exclusive = exclusive().await;
+    let pipeline = Pipeline::new().await?;
+    let pool = &pipeline.pool;
+    // Whatever the group has not applied yet is applied first: the sink counted below reads this
+    // test's changes alone.
+    pipeline.catch_up().await?;
+    let starts = end_offsets(&pipeline.stack, CDC_ORDERS)?;
+    let user = Uuid::new_v4();
+    let orders: Vec<Uuid> = (0..60).map(|_| Uuid::new_v4()).collect();
+    let mut written = Written::default();
+    let mut deleted = Vec::new();
+    let mut tx = pool.begin().await?;
+    insert_user(&mut tx, user, "rewritten user").await?;
+    written.users.insert(user, (1, false));
+    for (n, order) in (0_i64..).zip(&orders) {
+        insert_order(&mut tx, *order, user, "rewritten product", 100 + n).await?;
+        sqlx::query(
+            "UPDATE orders SET status = 'SHIPPED', updated_at = now(), version = 2 WHERE id = $1",
+        )
+        .bind(order)
+        .execute(&mut *tx)
+        .await?;
+        if n % 3 == 0 {
+            sqlx::query("DELETE FROM orders WHERE id = $1")
+                .bind(order)
+                .execute(&mut *tx)
+                .await?;
+            deleted.push(*order);
+        } else {
+            sqlx::query(
+                "UPDATE orders SET status = 'DELIVERED', updated_at = now(), version = 3 \
+                 WHERE id = $1",
+            )
+            .bind(order)
+            .execute(&mut *tx)
+            .await?;
+            written.orders.insert(*order, (user, 3, false));
+        }
+    }
+    tx.commit().await?;
+    let last = orders[orders.len() - 1];
+    wait_captured(&pipeline.stack, CDC_ORDERS, &starts, &[(last, "u")]).await?;
+
+    // Started on the backlog: each partition's changes of the transaction come in one fetch.
+    let address = process::free_address()?;
+    let mut command = pipeline.cdcconsumer(CDC_GROUP, 0)?;
+    command.env("METRICS_ADDR", &address);
+    let sink = Process::spawn("cdcconsumer", command)?;
+    let outcome = async {
+        pipeline.verify(&Pipeline::cdc_groups(), "quorum").await?;
+        let (_, metrics) = process::http_get(&address, "/metrics").await?;
+        let series = format!("cdc_writes_left_out_total{{topic=\"{CDC_ORDERS}\"}} ");
+        let left_out: u64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("no {series} in\n{metrics}"))?;
+        // Per order, its creation and first update (two rows each) at most.
+        eprintln!("{left_out} writes left out of {}", orders.len() * 3 * 2);
+        ensure!(
+            (1..=orders.len() as u64 * 4).contains(&left_out),
+            "{left_out} writes left out"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    stop_sink(sink).await?;
+    outcome?;
+    let reader = pipeline.quorum();
+    written.check_cassandra(&reader).await?;
+    ensure!(
+        reader.rows(&ORDERS, &deleted).await?.is_empty(),
+        "deleted orders are still in Cassandra"
+    );
+    let by_user = reader.rows(&ORDERS_BY_USER, &[user]).await?;
+    ensure!(
+        by_user.len() == written.orders.len(),
+        "orders_by_user holds {} orders of the user, not {}",
+        by_user.len(),
+        written.orders.len()
+    );
+    Ok(())
+}
+
 /// One Cassandra node is stopped while changes flow, and started again: writes at QUORUM go on
 /// with two replicas, and once the node is back (Up/Normal) every replica agrees — the verifier is
 /// clean at ALL, and every row the client wrote is there at ALL.
@@ -831,9 +921,7 @@ async fn hostile_cdc_records_are_dead_lettered_and_valid_changes_applied() -> Re
     let pipeline = Pipeline::new().await?;
     let pool = &pipeline.pool;
     // Start from a quiet pipeline so that this test's cdcconsumer run sees only its own records.
-    let sink = pipeline.start_sink(CDC_GROUP)?;
-    pipeline.verify(&Pipeline::cdc_groups(), "quorum").await?;
-    stop_sink(sink).await?;
+    pipeline.catch_up().await?;
 
     let starts = [
         end_offsets(&pipeline.stack, CDC_USERS)?,

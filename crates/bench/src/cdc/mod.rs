@@ -136,6 +136,12 @@ pub struct CdcArgs {
     /// every order change writes orders and orders_by_user).
     #[arg(long, default_value_t = 6_000)]
     pub orders: usize,
+    /// Puts each row's changes side by side in the write-rate stream (a user's two, then each of
+    /// its orders' three), as in a backlog of rows that changed in quick succession: a batch then
+    /// holds a row's older writes with its newest, which cdcconsumer leaves out. By default every
+    /// row is created before any is updated, so no batch holds two changes of one row.
+    #[arg(long)]
+    pub adjacent: bool,
     /// Where Cassandra is, and the consistency of every write and read (both variants and the
     /// latency poller); the benchmark writes to scratch keyspaces of its own.
     #[command(flatten)]

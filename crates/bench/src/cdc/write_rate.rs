@@ -198,8 +198,10 @@ impl RateStream {
         changes.saturating_mul(2 * 1_064)
     }
 
-    /// The stream, its positions rising from `first_lsn`.
-    fn build(users: usize, orders: usize, first_lsn: i64) -> Result<Self> {
+    /// The stream, its positions rising from `first_lsn`. By default every row is created before
+    /// any is updated, so a batch never holds two changes of one row; with `adjacent` each row's
+    /// changes are side by side (a user's two, then each of its orders' three).
+    fn build(users: usize, orders: usize, first_lsn: i64, adjacent: bool) -> Result<Self> {
         ensure!(users > 0, "--users must be positive");
         let templates = Templates::load()?;
         let now = Utc::now();
@@ -213,46 +215,61 @@ impl RateStream {
         let order_ids: Vec<Uuid> = (0..orders).map(|_| Uuid::new_v4()).collect();
         let owner = |n: usize| user_ids[n % users];
         let amount = |n: usize| &templates.amounts[n % templates.amounts.len()];
-        let mut records = Vec::with_capacity(2 * users + 3 * orders);
-        let mut push = |kind: EntityKind, (key, payload): (String, Vec<u8>)| {
-            records.push(Record { kind, key, payload });
+        // A user's change: created (version 1) or updated (2).
+        let user_change = |n: usize, version: i64, at: &Position| {
+            let id = user_ids[n];
+            if version == 1 {
+                let after = user_image(id, n, n, 1, created);
+                envelope(&templates.user_c, id, "c", None, &after, at)
+            } else {
+                let before = user_image(id, n, n, 1, created);
+                let after = user_image(id, n, n + 3, 2, created);
+                envelope(&templates.user_u, id, "u", Some(&before), &after, at)
+            }
         };
-        // Creates first (each user followed by its orders), then the updates, in WAL order.
-        for (n, id) in user_ids.iter().enumerate() {
-            let after = user_image(*id, n, n, 1, created);
-            push(
-                EntityKind::User,
-                envelope(&templates.user_c, *id, "c", None, &after, &at)?,
-            );
-            at.advance();
-            for (m, order) in order_ids.iter().enumerate().skip(n).step_by(users) {
-                let after = order_image(*order, *id, m, 1, created, amount(m));
-                push(
-                    EntityKind::Order,
-                    envelope(&templates.order_c, *order, "c", None, &after, &at)?,
+        // An order's change: created (version 1) or updated (2, 3).
+        let order_change = |m: usize, version: i64, at: &Position| {
+            let (id, user) = (order_ids[m], owner(m));
+            let after = order_image(id, user, m, version, created, amount(m));
+            if version == 1 {
+                envelope(&templates.order_c, id, "c", None, &after, at)
+            } else {
+                let before = order_image(id, user, m, version - 1, created, amount(m));
+                envelope(&templates.order_u, id, "u", Some(&before), &after, at)
+            }
+        };
+        // In WAL order: (kind, index, version).
+        let mut order: Vec<(EntityKind, usize, i64)> = Vec::with_capacity(2 * users + 3 * orders);
+        if adjacent {
+            for n in 0..users {
+                order.extend([(EntityKind::User, n, 1), (EntityKind::User, n, 2)]);
+                for m in (n..orders).step_by(users) {
+                    order.extend((1..=3).map(|version| (EntityKind::Order, m, version)));
+                }
+            }
+        } else {
+            // Creates first (each user followed by its orders), then the updates.
+            for n in 0..users {
+                order.push((EntityKind::User, n, 1));
+                order.extend(
+                    (n..orders)
+                        .step_by(users)
+                        .map(|m| (EntityKind::Order, m, 1)),
                 );
-                at.advance();
+            }
+            order.extend((0..users).map(|n| (EntityKind::User, n, 2)));
+            for version in 2..=3 {
+                order.extend((0..orders).map(|m| (EntityKind::Order, m, version)));
             }
         }
-        for (n, id) in user_ids.iter().enumerate() {
-            let before = user_image(*id, n, n, 1, created);
-            let after = user_image(*id, n, n + 3, 2, created);
-            push(
-                EntityKind::User,
-                envelope(&templates.user_u, *id, "u", Some(&before), &after, &at)?,
-            );
+        let mut records = Vec::with_capacity(order.len());
+        for (kind, n, version) in order {
+            let (key, payload) = match kind {
+                EntityKind::User => user_change(n, version, &at)?,
+                EntityKind::Order => order_change(n, version, &at)?,
+            };
+            records.push(Record { kind, key, payload });
             at.advance();
-        }
-        for version in 2..=3 {
-            for (m, order) in order_ids.iter().enumerate() {
-                let before = order_image(*order, owner(m), m, version - 1, created, amount(m));
-                let after = order_image(*order, owner(m), m, version, created, amount(m));
-                push(
-                    EntityKind::Order,
-                    envelope(&templates.order_u, *order, "u", Some(&before), &after, &at)?,
-                );
-                at.advance();
-            }
         }
         // The writes cdcconsumer will derive, through its own decoder and planner.
         let mut planned = Vec::with_capacity(records.len());
@@ -347,6 +364,8 @@ pub(super) struct RateSample {
     warnings: Option<(usize, String)>,
     /// cdcconsumer's batches: how many, and their summed duration (s).
     batches: Option<(f64, f64)>,
+    /// cdcconsumer's writes left out (a newer write of the same row in the batch replaced them).
+    left_out: Option<f64>,
     busy_before: Option<f64>,
 }
 
@@ -403,7 +422,7 @@ pub(super) async fn write_rate(
         wal > span,
         "PostgreSQL's WAL is at {wal}, below the {span} positions the stream spans"
     );
-    let stream = RateStream::build(args.users, args.orders, wal - span)?;
+    let stream = RateStream::build(args.users, args.orders, wal - span, args.adjacent)?;
     let rf = args.run.replication_factor;
     let (users_topic, orders_topic) =
         common::business_topics(&ctx.brokers, cleanup, "bench_cdc", partitions, rf).await?;
@@ -590,7 +609,7 @@ pub(super) async fn run_in_group(
     let mut last_idle = spawned;
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (done, batches) = loop {
+    let (done, batches, left_out) = loop {
         tick.tick().await;
         let asked = Instant::now();
         let text = scrape(&metrics_addr).await.unwrap_or_default();
@@ -603,7 +622,8 @@ pub(super) async fn run_in_group(
                 metric_sum(&text, "cdc_batch_duration_seconds_count"),
                 metric_sum(&text, "cdc_batch_duration_seconds_sum"),
             );
-            break (Instant::now(), batches);
+            let left_out = metric_sum(&text, "cdc_writes_left_out_total");
+            break (Instant::now(), batches, left_out);
         }
         if counts.dead_lettered > 0 {
             let stderr = subject.kill().await;
@@ -637,6 +657,7 @@ pub(super) async fn run_in_group(
         summary: Some(summary_lines(&finished.stdout)),
         warnings: Some(warnings(&finished.stderr)),
         batches: Some(batches),
+        left_out: Some(left_out),
         busy_before: None,
     })
 }
@@ -742,6 +763,7 @@ pub(super) async fn run_bare<'a>(
         summary: None,
         warnings: Some((retried, last_retried)),
         batches: None,
+        left_out: None,
         busy_before: None,
     })
 }
@@ -818,6 +840,7 @@ pub(super) async fn run_handler(
         summary: None,
         warnings: None,
         batches: None,
+        left_out: None,
         busy_before: None,
     })
 }
@@ -871,13 +894,18 @@ pub(super) fn report_write_rate(args: &CdcArgs, rate: &WriteRate) {
     println!();
     println!(
         "1. write rate: {} changes ({} users c+u on {} partitions, {} orders c+u+u on {} \
-         partitions) = {} CQL writes into an empty scratch keyspace; median of {} runs, \
+         partitions; {}) = {} CQL writes into an empty scratch keyspace; median of {} runs, \
          order rotating",
         rate.changes,
         rate.user_changes,
         rate.partitions.0,
         rate.order_changes,
         rate.partitions.1,
+        if args.adjacent {
+            "each row's changes side by side"
+        } else {
+            "every row created before any is updated"
+        },
         rate.writes,
         args.run.runs
     );
@@ -946,6 +974,17 @@ pub(super) fn report_write_rate(args: &CdcArgs, rate: &WriteRate) {
         "   cdcconsumer batches per run (count × mean duration; partitions work in parallel): {}",
         batches.join(", ")
     );
+    let left_out: Vec<String> = ours
+        .iter()
+        .filter_map(|s| s.left_out)
+        .map(|n| format!("{:.0}", n.max(0.0)))
+        .collect();
+    println!(
+        "   cdcconsumer writes left out per run (a newer write of the row in the same batch \
+         replaced them; the bare loops send all {}): {}",
+        rate.writes,
+        left_out.join(", ")
+    );
     let rss: Vec<f64> = ours
         .iter()
         .filter_map(|s| s.peak_rss_kib.map(mib))
@@ -984,9 +1023,17 @@ mod tests {
 
     #[test]
     fn stream_plans_every_change_with_rising_lsn() {
-        let stream = RateStream::build(3, 7, 1_000_000).expect("stream");
+        for adjacent in [false, true] {
+            stream_plans(adjacent);
+        }
+    }
+
+    fn stream_plans(adjacent: bool) {
+        let stream = RateStream::build(3, 7, 1_000_000, adjacent).expect("stream");
         assert_eq!(stream.records.len(), 3 * 2 + 7 * 3);
         assert_eq!(stream.changes(), stream.records.len());
+        // Side by side, the first user's update follows its creation; otherwise an order does.
+        assert_eq!(stream.records[0].key == stream.records[1].key, adjacent);
         // Users: one write per change; orders: orders and orders_by_user.
         assert_eq!(stream.writes(), 3 * 2 + 7 * 3 * 2);
         assert_eq!(stream.planned.len(), stream.changes());

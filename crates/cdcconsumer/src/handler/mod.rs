@@ -7,8 +7,9 @@
 //!   state without lightweight transactions.
 //! - [`gates`]: per-key ordering — one row's changes in source order, across the batches a
 //!   partition has in flight.
-//! - `write`: writing with retries and the same timestamps, several small keys' changes in one
-//!   request, up to `lanes` requests at once.
+//! - `write`: writing with retries and the same timestamps, leaving out writes a newer one of the
+//!   same row in the batch replaces, several small keys' changes in one request, up to `lanes`
+//!   requests at once.
 //! - `truncate`: truncations, and undoing writes a truncation made obsolete.
 //!
 //! **Failures**: a failure that is not the record's own fault (write timeouts, unavailable
@@ -40,6 +41,7 @@ use cdc_core::outcome::Interrupted;
 use cdc_core::retry::retry;
 use cdc_core::runtime::BatchHandler;
 use cdc_core::tables::Table;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -70,6 +72,8 @@ pub struct CdcMetrics {
     pub end_to_end_seconds: Family<TopicLabels, Histogram, fn() -> Histogram>,
     /// The same for the latest change written, in milliseconds.
     pub end_to_end_lag_ms: Family<TopicLabels, Gauge>,
+    /// Writes not sent because a newer write of the same row in the same batch replaces them.
+    pub writes_left_out: Family<TopicLabels, Counter>,
 }
 
 fn lag_histogram() -> Histogram {
@@ -82,6 +86,7 @@ impl CdcMetrics {
         let this = Self {
             end_to_end_seconds: Family::new_with_constructor(lag_histogram),
             end_to_end_lag_ms: Family::default(),
+            writes_left_out: Family::default(),
         };
         metrics.register(
             "end_to_end_seconds",
@@ -92,6 +97,11 @@ impl CdcMetrics {
             "end_to_end_lag_ms",
             "Source commit to Cassandra write of the latest change",
             this.end_to_end_lag_ms.clone(),
+        );
+        metrics.register(
+            "writes_left_out",
+            "Writes not sent because a newer write of the same row in the same batch replaces them",
+            this.writes_left_out.clone(),
         );
         this
     }
@@ -345,9 +355,13 @@ impl BatchHandler for CdcHandler {
                     } else {
                         Truncations::default()
                     };
-                    let refused = self
-                        .write_plans(&plans, chains, &truncations, cancel)
-                        .await?;
+                    let (pending, left_out) = write::pending(&plans, &chains, &truncations);
+                    self.cdc_metrics
+                        .writes_left_out
+                        .get_or_create(&topic)
+                        .inc_by(left_out);
+                    let refused = self.write_plans(&pending, chains, cancel).await?;
+                    drop(pending);
                     self.settle_truncations(&plans, cancel).await?;
                     let refused_at: BTreeSet<usize> = refused.iter().map(|(i, _)| *i).collect();
                     for (index, error) in refused {
