@@ -19,6 +19,8 @@ READY_TIMEOUT="${CDC_READY_TIMEOUT:-300}"
 KAFKA_HEAP="${KAFKA_HEAP:-512m}"
 CONNECT_HEAP="${CONNECT_HEAP:-768m}"
 CASSANDRA_HEAP="${CASSANDRA_HEAP:-1024m}"
+# G1's pause-time goal for the Cassandra nodes (ms); empty keeps stack/cassandra-jvm17.options'.
+CASSANDRA_GC_PAUSE_MS="${CASSANDRA_GC_PAUSE_MS:-}"
 
 # --- topology and versions ---------------------------------------------------------------------
 
@@ -621,6 +623,9 @@ concurrent_counter_writes: 16
 concurrent_compactors: 1
 memtable_heap_space: 256MiB
 memtable_offheap_space: 256MiB
+# Memtable cells off the heap: under a write backlog young collections copy half as much
+# (crates/bench/README.md, "Cassandra's memtables off the heap").
+memtable_allocation_type: offheap_objects
 key_cache_size: 32MiB
 read_request_timeout: 5000ms
 write_request_timeout: 2000ms
@@ -653,6 +658,9 @@ cassandra_start() {
     local dir="$STATE/cassandra/$svc"
     local -a opts
     mapfile -t opts < <(cassandra_jvm_options)
+    # The last occurrence of a JVM flag wins. Each pause goes to its own small GC log.
+    if [[ -n $CASSANDRA_GC_PAUSE_MS ]]; then opts+=("-XX:MaxGCPauseMillis=$CASSANDRA_GC_PAUSE_MS"); fi
+    opts+=("-Xlog:gc:file=$LOGS/$svc-gc.log:time,uptime:filecount=2,filesize=4m")
     launch_java "$svc" -Xms"$CASSANDRA_HEAP" -Xmx"$CASSANDRA_HEAP" -Xss256k "${opts[@]}" \
         -javaagent:"$(ls "$CASSANDRA_LIB"/jamm-*.jar | head -n 1)" \
         -Dcassandra.config="file://$dir/conf/cassandra.yaml" \

@@ -241,6 +241,29 @@ fn envelope_columns(schema: &RawValue) -> Option<EnvelopeColumns> {
     Some(parsed)
 }
 
+/// How the JSON converter writes a record value with an embedded schema: `{"schema":S,"payload":P}`,
+/// compact, schema first.
+const SCHEMA_OPEN: &[u8] = br#"{"schema":"#;
+const PAYLOAD_KEY: &[u8] = br#","payload":"#;
+
+/// For a value that is byte for byte `{"schema":S,"payload":P}` with `S` a schema text this thread
+/// remembers: its column schemas and the bytes of `P`, without reading `S` again (scanning it only
+/// to find where it ends was half the time of decoding an envelope). A prefix of the value equal to
+/// a complete JSON value ends exactly where that value does, so this finds what [`Document`] would;
+/// `P` must then be one JSON value and nothing more, or the caller reads the value the other way.
+fn remembered_schema(value: &[u8]) -> Option<(EnvelopeColumns, &[u8])> {
+    let rest = value.strip_prefix(SCHEMA_OPEN)?;
+    SCHEMA_MEMO.with_borrow(|memo| {
+        memo.iter().find_map(|(seen, columns)| {
+            let payload = rest
+                .strip_prefix(seen.as_bytes())?
+                .strip_prefix(PAYLOAD_KEY)?
+                .strip_suffix(b"}")?;
+            Some((columns.clone(), payload))
+        })
+    })
+}
+
 impl SchemaNode<'_> {
     /// The struct field called `name` (`before`, `after`, …).
     fn child(&self, name: &str) -> Option<&Self> {
@@ -539,21 +562,30 @@ pub fn parse(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Record, Envelop
             .ok_or_else(|| EnvelopeError::NotAnEnvelope("null tombstone key".into()))?;
         return Ok(Record::Tombstone { key });
     };
+    // A schema seen before, matched byte for byte, is not read again: only the payload is.
+    let remembered = || {
+        let (columns, payload) = remembered_schema(value)?;
+        Some((
+            columns,
+            serde_json::from_slice::<Payload<'_>>(payload).ok()?,
+        ))
+    };
     // The common case in one pass; the JSON tree below also tells what is wrong with bad input.
-    if let Ok(Document {
-        schema: Some(schema),
-        payload: Some(payload),
-    }) = serde_json::from_slice::<Document<'_>>(value)
-    {
-        if let Some(columns) = envelope_columns(schema) {
-            return assemble(
-                payload.op.as_deref(),
-                payload.before,
-                payload.after,
-                || typed_source(payload.source),
-                columns,
-            );
-        }
+    let one_pass = || match serde_json::from_slice::<Document<'_>>(value) {
+        Ok(Document {
+            schema: Some(schema),
+            payload: Some(payload),
+        }) => Some((envelope_columns(schema)?, payload)),
+        _ => None,
+    };
+    if let Some((columns, payload)) = remembered().or_else(one_pass) {
+        return assemble(
+            payload.op.as_deref(),
+            payload.before,
+            payload.after,
+            || typed_source(payload.source),
+            columns,
+        );
     }
     parse_tree(value)
 }
@@ -925,8 +957,53 @@ mod tests {
                 let fast = super::parse(Some(&key), Some(&bytes));
                 let tree = super::parse_tree(&bytes);
                 assert_eq!(fast, tree, "{what}: {}", &fixture[..200.min(fixture.len())]);
+                // As the JSON converter writes it (schema first, compact), read once with the
+                // schema unseen and again with it remembered, and with what follows the schema
+                // changed in ways the remembered path must not take for the record's end.
+                let (schema, payload) = (&value["schema"], value["payload"].to_string());
+                let written = format!(r#"{{"schema":{schema},"payload":{payload}}}"#);
+                let variants = [
+                    written.clone(),
+                    written.clone(),
+                    format!(r#"{{"schema":{schema},"payload":{payload},"payload":null}}"#),
+                    format!(r#"{{"schema":{schema},"payload":{payload},"schema":{{}}}}"#),
+                    format!(r#"{{"schema":{schema},"payload":{payload},"x":1}}"#),
+                    format!(r#"{{"schema":{schema},"payload":{payload}}} "#),
+                    format!(r#"{{"schema":{schema}, "payload":{payload}}}"#),
+                    format!(r#"{{"schema":{schema},"payload":{payload}"#),
+                    format!(r#"{{"schema":{schema},"payload":null}}"#),
+                ];
+                for bytes in variants {
+                    let fast = super::parse(Some(&key), Some(bytes.as_bytes()));
+                    let tree = super::parse_tree(bytes.as_bytes());
+                    assert_eq!(fast, tree, "{what}: {}", &bytes[bytes.len() - 80..]);
+                }
             }
         }
+    }
+
+    /// A value whose schema text was read before is found by its bytes, its payload given whole.
+    #[test]
+    fn a_remembered_schema_is_found_by_its_bytes() {
+        use serde_json::Value;
+        let fixture = include_str!("../tests/fixtures/debezium/orders_u.json");
+        let record: Value = serde_json::from_str(fixture).expect("fixture is JSON");
+        // A schema text no other test reads, so that this thread cannot have seen it.
+        let mut schema = record["value"]["schema"].clone();
+        schema["doc"] = Value::from("a_remembered_schema_is_found_by_its_bytes");
+        let payload = record["value"]["payload"].to_string();
+        let written = format!(r#"{{"schema":{schema},"payload":{payload}}}"#);
+        let other = format!(r#"{{"schema":{{"type":"struct"}},"payload":{payload}}}"#);
+        assert!(super::remembered_schema(written.as_bytes()).is_none());
+        assert!(matches!(
+            super::parse(None, Some(written.as_bytes())),
+            Ok(super::Record::Change(_))
+        ));
+        let (_, found) = super::remembered_schema(written.as_bytes()).expect("remembered");
+        assert_eq!(found, payload.as_bytes());
+        assert!(super::remembered_schema(other.as_bytes()).is_none());
+        let spaced = written.replacen(r#"{"schema":"#, r#"{ "schema":"#, 1);
+        assert!(super::remembered_schema(spaced.as_bytes()).is_none());
     }
 
     #[test]

@@ -90,10 +90,14 @@ pub(super) fn envelope(
     source["ts_ms"] = Value::from(at.commit_micros / 1000);
     source["ts_us"] = Value::from(at.commit_micros);
     source["ts_ns"] = Value::from(at.commit_micros * 1000);
-    Ok((
-        serde_json::to_string(&record["key"])?,
-        serde_json::to_vec(&record["value"])?,
-    ))
+    // As Kafka Connect's JSON converter writes a value: compact, the schema before the payload
+    // (a JSON tree would write its keys sorted, the payload first).
+    let value = &record["value"];
+    let value = format!(
+        r#"{{"schema":{},"payload":{}}}"#,
+        value["schema"], value["payload"]
+    );
+    Ok((serde_json::to_string(&record["key"])?, value.into_bytes()))
 }
 
 pub(super) fn zoned(at: DateTime<Utc>) -> String {

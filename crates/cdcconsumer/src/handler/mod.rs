@@ -318,6 +318,7 @@ impl BatchHandler for CdcHandler {
         };
         // Observed only once the batch is durable (a batch handed over again counts once).
         let mut written = Vec::new();
+        let mut left_out_total = 0;
         for (index, error) in &decoded.refused {
             let message = error.to_string();
             self.dlq
@@ -356,10 +357,7 @@ impl BatchHandler for CdcHandler {
                         Truncations::default()
                     };
                     let (pending, left_out) = write::pending(&plans, &chains, &truncations);
-                    self.cdc_metrics
-                        .writes_left_out
-                        .get_or_create(&topic)
-                        .inc_by(left_out);
+                    left_out_total += left_out;
                     let refused = self.write_plans(&pending, chains, cancel).await?;
                     drop(pending);
                     self.settle_truncations(&plans, cancel).await?;
@@ -403,6 +401,10 @@ impl BatchHandler for CdcHandler {
         for commit_micros in written {
             self.observe(&topic, commit_micros);
         }
+        self.cdc_metrics
+            .writes_left_out
+            .get_or_create(&topic)
+            .inc_by(left_out_total);
         self.metrics
             .record_batch(&topic.topic, records, &tally, started.elapsed());
         Ok(())
