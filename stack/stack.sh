@@ -658,7 +658,8 @@ cassandra_start() {
     local dir="$STATE/cassandra/$svc"
     local -a opts
     mapfile -t opts < <(cassandra_jvm_options)
-    # The last occurrence of a JVM flag wins. Each pause goes to its own small GC log.
+    # The last occurrence of a JVM flag wins. Each node logs its collections to its own GC log
+    # (two files of 4 MiB at most).
     if [[ -n $CASSANDRA_GC_PAUSE_MS ]]; then opts+=("-XX:MaxGCPauseMillis=$CASSANDRA_GC_PAUSE_MS"); fi
     opts+=("-Xlog:gc:file=$LOGS/$svc-gc.log:time,uptime:filecount=2,filesize=4m")
     launch_java "$svc" -Xms"$CASSANDRA_HEAP" -Xmx"$CASSANDRA_HEAP" -Xss256k "${opts[@]}" \

@@ -480,6 +480,41 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     stat_times(pid).map(|(own, _)| own)
 }
 
+/// Debezium's topics for users and orders, for the benches that read them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CdcTopicArgs {
+    /// Debezium's topics for users and orders.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "cdc.public.users,cdc.public.orders"
+    )]
+    pub cdc_topics: Vec<String>,
+}
+
+impl CdcTopicArgs {
+    /// Refuses anything but two topics.
+    pub fn check(&self) -> Result<()> {
+        ensure!(
+            self.cdc_topics.len() == 2,
+            "--cdc-topics takes two topics: users, orders"
+        );
+        Ok(())
+    }
+
+    /// Each topic with its partition count.
+    pub async fn with_partitions(&self, brokers: &str) -> Result<Vec<(String, i32)>> {
+        let mut topics = Vec::new();
+        for topic in &self.cdc_topics {
+            topics.push((
+                topic.clone(),
+                crate::cdc::topic_partitions(brokers, topic).await?,
+            ));
+        }
+        Ok(topics)
+    }
+}
+
 /// Where the stack keeps its state: `CDC_STACK_DIR` (`stack.sh env` prints it) or the clone's
 /// `.stack`.
 pub fn stack_dir() -> PathBuf {

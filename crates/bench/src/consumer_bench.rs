@@ -20,8 +20,12 @@ use uuid::Uuid;
 
 use crate::common::{
     self, business_topics, delete_rows, kafka_env, locate_binary, median, mib, send_all, tail,
-    unique_name, wait_until_quiet, AbortOnDrop, Cleanup, Subject, Workload, WorkloadArgs,
-    ORDERS_PARTITIONS, SAMPLE_EVERY, USERS_PARTITIONS,
+    unique_name, wait_until_quiet, AbortOnDrop, CdcTopicArgs, Cleanup, Subject, Workload,
+    WorkloadArgs, ORDERS_PARTITIONS, SAMPLE_EVERY, USERS_PARTITIONS,
+};
+use crate::connect::{
+    connector, connector_queue_size, connector_state, end_offsets_now, time_capture, CaptureEnd,
+    CaptureTiming,
 };
 use crate::copy_sink::CopySink;
 use crate::Context as BenchContext;
@@ -41,6 +45,15 @@ pub struct ConsumerArgs {
     /// not part of the measured time).
     #[arg(long, default_value_t = 3)]
     pub idle_timeout_secs: u64,
+    /// Debezium's topics: after the rounds, the consumer binary drains the workload once more
+    /// with the connector paused, then the connector is resumed and Debezium's capture of what
+    /// the consumer wrote is timed on these topics.
+    #[command(flatten)]
+    pub cdc: CdcTopicArgs,
+    /// Leave out the consumer's drain with the connector paused and the timing of Debezium's
+    /// capture of it, which follow the rounds (they pause the connector).
+    #[arg(long)]
+    pub skip_capture: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,6 +332,26 @@ pub async fn run(ctx: &BenchContext, args: &ConsumerArgs, cleanup: &mut Cleanup)
         }
     }
     let load_after = common::load_average();
+    // A failed capture run still lets the figures above be reported (then its error is returned).
+    let capture = if args.skip_capture {
+        Ok(None)
+    } else {
+        let mut runs = Vec::new();
+        let mut failed = None;
+        for round in 0..args.workload.run.runs {
+            match drain_then_capture(&setup, args, cleanup).await {
+                Ok(run) => runs.push(run),
+                Err(error) => {
+                    failed = Some(error.context(format!(
+                        "the consumer's drain against Debezium's capture, run {}",
+                        round + 1
+                    )));
+                    break;
+                }
+            }
+        }
+        failed.map_or(Ok(Some(runs)), Err)
+    };
 
     report(
         &setup,
@@ -328,6 +361,9 @@ pub async fn run(ctx: &BenchContext, args: &ConsumerArgs, cleanup: &mut Cleanup)
         workload.generate_and_encode,
         (load_before, load_after),
     );
+    if let Ok(Some(runs)) = &capture {
+        report_capture(&setup, runs);
+    }
     delete_rows(
         &setup.pool,
         &setup.expected.user_ids,
@@ -335,6 +371,163 @@ pub async fn run(ctx: &BenchContext, args: &ConsumerArgs, cleanup: &mut Cleanup)
     )
     .await?;
     setup.pool.close().await;
+    capture.map(drop)
+}
+
+/// The consumer binary's drain of the workload with the connector paused, and Debezium's capture
+/// of the rows it wrote once the connector is resumed: both rates from one run.
+#[derive(Debug)]
+struct DrainAndCapture {
+    drain: Sample,
+    capture: CaptureTiming,
+    /// Debezium's `max.queue.size`.
+    queue: u64,
+}
+
+/// How long Debezium's topics must stay unchanged for a capture to count as over.
+const CAPTURE_SETTLED: Duration = Duration::from_secs(10);
+
+async fn drain_then_capture(
+    setup: &Setup,
+    args: &ConsumerArgs,
+    cleanup: &mut Cleanup,
+) -> Result<DrainAndCapture> {
+    args.cdc.check()?;
+    let config = setup.kafka.client_config();
+    let topics = args.cdc.with_partitions(&setup.brokers).await?;
+    // The previous run's rows are deleted with the connector running, and their deletes captured,
+    // before the pause: what waits in the slot afterwards is the consumer's writes alone.
+    empty_rows(setup).await?;
+    connector_state("RUNNING", Duration::from_secs(60)).await?;
+    let start = settled_end_offsets(&config, &topics, setup.run_timeout).await?;
+    let queue = connector_queue_size().await?;
+    connector("pause").await?;
+    let drained = async {
+        connector_state("PAUSED", Duration::from_secs(60)).await?;
+        let busy_before = wait_until_quiet(setup.quiet_wait).await;
+        let drain = run_ours(setup, args, cleanup, busy_before).await?;
+        let now = end_offsets_now(&config, &topics).await?;
+        ensure!(
+            now == start,
+            "Debezium's topics grew by {} records while the connector was paused",
+            now - start
+        );
+        anyhow::Ok(drain)
+    }
+    .await;
+    // Resumed whatever happened: a paused connector would stop the pipeline.
+    let resumed = connector("resume").await;
+    let resumed_at = Instant::now();
+    let drain = drained?;
+    resumed?;
+    let capture = time_capture(
+        &config,
+        &topics,
+        start,
+        queue,
+        resumed_at,
+        CaptureEnd::Settled(CAPTURE_SETTLED),
+        setup.run_timeout,
+    )
+    .await?;
+    Ok(DrainAndCapture {
+        drain,
+        capture,
+        queue,
+    })
+}
+
+/// The topics' summed high watermarks once they have not changed for [`CAPTURE_SETTLED`].
+async fn settled_end_offsets(
+    config: &ClientConfig,
+    topics: &[(String, i32)],
+    timeout: Duration,
+) -> Result<i64> {
+    let deadline = Instant::now() + timeout;
+    let mut last = (Instant::now(), end_offsets_now(config, topics).await?);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = end_offsets_now(config, topics).await?;
+        if now != last.1 {
+            last = (Instant::now(), now);
+        } else if last.0.elapsed() >= CAPTURE_SETTLED {
+            return Ok(now);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "Debezium's topics were still growing after {timeout:?}"
+        );
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn report_capture(setup: &Setup, runs: &[DrainAndCapture]) {
+    let events = (setup.users_records + setup.orders_records) as f64;
+    println!();
+    println!(
+        "Against Debezium, same run: the consumer binary drains the {events} events with the \
+         connector paused (spawn → every row at its final version), then the connector is \
+         resumed and Debezium's capture of the records it wrote is timed past its queue \
+         (max.queue.size; a delete's tombstone counts as a record)"
+    );
+    println!(
+        "{:>4} {:>9} {:>10} {:>12} {:>9} {:>10} {:>15} {:>12} {:>10}",
+        "run",
+        "drain s",
+        "events/s",
+        "peak RSS",
+        "records",
+        "capture s",
+        "past queue",
+        "records/s",
+        "ratio"
+    );
+    let mut ratios = Vec::new();
+    for (index, run) in runs.iter().enumerate() {
+        let drain_rate = events / run.drain.applied.seconds;
+        let capture = &run.capture;
+        let ratio = capture.rate_past_queue().map(|rate| drain_rate / rate);
+        ratios.extend(ratio);
+        println!(
+            "{:>4} {:>9.2} {:>10.0} {:>12} {:>9} {:>10.2} {:>15} {:>12} {:>10}",
+            index + 1,
+            run.drain.applied.seconds,
+            drain_rate,
+            run.drain
+                .peak_rss_kib
+                .map_or("?".into(), |kib| format!("{:.1} MiB", mib(kib))),
+            capture.records,
+            capture.seconds,
+            capture
+                .past_queue
+                .map_or("–".into(), |(records, seconds)| format!(
+                    "{records} in {seconds:.2} s"
+                )),
+            capture
+                .rate_past_queue()
+                .map_or("–".into(), |rate| format!("{rate:.0}")),
+            ratio.map_or("–".into(), |ratio| format!("{ratio:.2}×"))
+        );
+    }
+    println!(
+        "   consumer events/s ÷ Debezium records/s past its queue ({}): median {:.2}× (target ≥ 2×)",
+        runs.first().map_or(0, |run| run.queue),
+        median(&ratios)
+    );
+}
+
+/// Deletes the benchmark's rows and vacuums: dead tuples of the previous run must not slow (or,
+/// once autovacuum runs, speed up) the next.
+async fn empty_rows(setup: &Setup) -> Result<()> {
+    delete_rows(
+        &setup.pool,
+        &setup.expected.user_ids,
+        &setup.expected.order_ids,
+    )
+    .await?;
+    sqlx::raw_sql("VACUUM (ANALYZE) users, orders")
+        .execute(&setup.pool)
+        .await?;
     Ok(())
 }
 
@@ -345,16 +538,7 @@ async fn measure(
     variant: Variant,
     cleanup: &mut Cleanup,
 ) -> Result<Sample> {
-    delete_rows(
-        &setup.pool,
-        &setup.expected.user_ids,
-        &setup.expected.order_ids,
-    )
-    .await?;
-    // Dead tuples of the previous run must not slow (or, once autovacuum runs, speed up) the next.
-    sqlx::raw_sql("VACUUM (ANALYZE) users, orders")
-        .execute(&setup.pool)
-        .await?;
+    empty_rows(setup).await?;
     let busy_before = wait_until_quiet(setup.quiet_wait).await;
     match variant {
         Variant::Ours => run_ours(setup, args, cleanup, busy_before).await,

@@ -83,6 +83,7 @@
 mod cdc;
 mod charts;
 mod common;
+mod connect;
 mod consumer_bench;
 mod copy_sink;
 mod pipeline_bench;

@@ -42,11 +42,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-use crate::cdc::{commit_end_offsets, create_keyspace, free_metrics_addr, topic_partitions};
+use crate::cdc::{commit_end_offsets, create_keyspace, free_metrics_addr};
 use crate::charts;
 use crate::common::{
-    self, business_topics, cpu_seconds, kafka_env, locate_binary, start_time, unique_name, Cleanup,
-    Subject, ORDERS_PARTITIONS, USERS_PARTITIONS,
+    self, business_topics, cpu_seconds, kafka_env, locate_binary, start_time, unique_name,
+    CdcTopicArgs, Cleanup, Subject, ORDERS_PARTITIONS, USERS_PARTITIONS,
 };
 use crate::Context as BenchContext;
 
@@ -81,13 +81,8 @@ pub struct PipelineArgs {
     /// no run meets rows an earlier run left (the same seed gives the same ids).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Debezium's topics for users and orders.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "cdc.public.users,cdc.public.orders"
-    )]
-    pub cdc_topics: Vec<String>,
+    #[command(flatten)]
+    pub cdc: CdcTopicArgs,
     /// Where Cassandra is, and cdcconsumer's consistency; it writes to a scratch keyspace.
     #[command(flatten)]
     pub cassandra: CassandraArgs,
@@ -344,10 +339,7 @@ async fn stop(name: &str, subject: Subject) -> Result<()> {
 pub async fn run(ctx: &BenchContext, args: &PipelineArgs, cleanup: &mut Cleanup) -> Result<()> {
     let command_line = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
     ensure!(!args.rates.is_empty(), "--rates is empty");
-    ensure!(
-        args.cdc_topics.len() == 2,
-        "--cdc-topics takes two topics: users, orders"
-    );
+    args.cdc.check()?;
     ensure!(
         args.settle_secs + 2 * COMPARE.as_secs() <= args.window_secs,
         "--window-secs must leave room for --settle-secs and two 30-second comparisons"
@@ -376,10 +368,7 @@ pub async fn run(ctx: &BenchContext, args: &PipelineArgs, cleanup: &mut Cleanup)
     let keyspace = unique_name("bench_pipeline_ks");
     cleanup.keyspaces.push(keyspace.clone());
     create_keyspace(&control, &args.cassandra.cassandra_nodes, &keyspace).await?;
-    let mut cdc_topics = Vec::new();
-    for topic in &args.cdc_topics {
-        cdc_topics.push((topic.clone(), topic_partitions(&ctx.brokers, topic).await?));
-    }
+    let cdc_topics = args.cdc.with_partitions(&ctx.brokers).await?;
     let config = ctx.kafka.client_config();
     let cdc_group = unique_name("bench_pipeline_cdc");
     let users_group = unique_name("bench_pipeline_users");
@@ -411,7 +400,7 @@ pub async fn run(ctx: &BenchContext, args: &PipelineArgs, cleanup: &mut Cleanup)
     }
     cdc_cmd
         .arg("--cdc-topics")
-        .arg(args.cdc_topics.join(","))
+        .arg(args.cdc.cdc_topics.join(","))
         .arg("--group")
         .arg(&cdc_group)
         .arg("--keyspace")
@@ -737,12 +726,17 @@ fn print_rate(result: &RateResult) {
         } else {
             1.0
         };
+        // The slot is judged in WAL bytes: it has no rate of records out.
+        let out = if s.output_rate.is_finite() {
+            format!("{:>7.1}/s", s.output_rate)
+        } else {
+            format!("{:>9}", "–")
+        };
         println!(
-            "  {:<24} in {:>9.1}{per}/s out {:>7.1}/s  backlog {:>8.1} → {:>8.1} {unit} (max {:>8.1}), \
+            "  {:<24} in {:>9.1}{per}/s out {out}  backlog {:>8.1} → {:>8.1} {unit} (max {:>8.1}), \
              grew {:+.1} s of input: {}",
             stage.name(),
             s.input_rate / scale,
-            s.output_rate,
             s.early / scale,
             s.late / scale,
             s.max / scale,

@@ -17,9 +17,10 @@
 //! row.
 
 use super::*;
-
-/// The connector the stack runs (`debezium-config.sh`).
-const CONNECTOR: &str = "cdc-postgres-connector";
+use crate::connect::{
+    connect_pid, connector, connector_queue_size, connector_state, end_offsets_now, time_capture,
+    CaptureEnd, CaptureTiming,
+};
 
 /// Commits in flight while the burst is written.
 const BURST_CONNECTIONS: usize = 8;
@@ -30,119 +31,15 @@ pub(super) struct Capture {
     users_inserted: u64,
     orders_inserted: u64,
     write_seconds: f64,
-    /// Resume → every change in Kafka.
-    capture_seconds: f64,
+    /// Resume → every change in Kafka, and the rate past the queue.
+    timing: CaptureTiming,
     /// Debezium's `max.queue.size`: changes it may have read before the resume.
     queue: u64,
-    /// Changes past the queue and the seconds they took (topics grown by `queue` → last record).
-    live: Option<(u64, f64)>,
     /// Pause → every change in Kafka: the window of `connect_cpu`.
     window_seconds: f64,
     connect_cpu: f64,
     connect_idle_cpu: f64,
     drain: RateSample,
-}
-
-/// Kafka Connect's JVM, checked to be the stack's own by its command line.
-fn connect_pid() -> Result<String> {
-    let file = common::stack_dir().join("run/connect.pid");
-    let pid = std::fs::read_to_string(&file)
-        .with_context(|| {
-            format!(
-                "reading {} (run the bench with the stack's environment: \
-                 eval \"$(bash stack/stack.sh env)\")",
-                file.display()
-            )
-        })?
-        .trim()
-        .to_owned();
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    ensure!(
-        String::from_utf8_lossy(&cmdline).contains("cdc.stack.service=connect"),
-        "pid {pid} from {} is not the stack's Kafka Connect",
-        file.display()
-    );
-    Ok(pid)
-}
-
-/// Kafka Connect's REST API: `CONNECT_URL` (`stack.sh env` prints it) or the stack's default.
-fn connect_url() -> String {
-    std::env::var("CONNECT_URL").unwrap_or_else(|_| "http://127.0.0.1:8083".into())
-}
-
-/// `<method> /connectors/<name>/<path>` on Connect's REST API through curl (which the stack needs
-/// anyway); the response body.
-async fn connect_rest(method: &str, path: &str) -> Result<Vec<u8>> {
-    let url = format!("{}/connectors/{CONNECTOR}/{path}", connect_url());
-    let output = tokio::process::Command::new("curl")
-        .args(["-fsS", "-X", method, &url])
-        .output()
-        .await
-        .context("running curl")?;
-    ensure!(
-        output.status.success(),
-        "{method} {url} failed: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(output.stdout)
-}
-
-/// `PUT /connectors/<name>/<action>` (`pause`, `resume`).
-async fn connector(action: &str) -> Result<()> {
-    connect_rest("PUT", action).await.map(drop)
-}
-
-/// The connector's `max.queue.size` (`GET /connectors/<name>/config`; Debezium's default when unset).
-async fn connector_queue_size() -> Result<u64> {
-    let body = connect_rest("GET", "config").await?;
-    let config: Value =
-        serde_json::from_slice(&body).context("the connector's config is not JSON")?;
-    match config.get("max.queue.size").and_then(Value::as_str) {
-        Some(text) => text
-            .parse()
-            .with_context(|| format!("max.queue.size {text:?} is not a count")),
-        None => Ok(8_192),
-    }
-}
-
-/// Waits until the connector's state is `state` (`PAUSED`, `RUNNING`).
-async fn connector_state(state: &str, timeout: Duration) -> Result<()> {
-    let url = format!("{}/connectors/{CONNECTOR}/status", connect_url());
-    let deadline = Instant::now() + timeout;
-    loop {
-        let output = tokio::process::Command::new("curl")
-            .args(["-fsS", &url])
-            .output()
-            .await
-            .context("running curl")?;
-        let status: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
-        let connector = status["connector"]["state"].as_str() == Some(state);
-        let tasks = status["tasks"]
-            .as_array()
-            .is_some_and(|tasks| !tasks.is_empty() && tasks.iter().all(|t| t["state"] == state));
-        if connector && tasks {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "connector {CONNECTOR} not {state} within {timeout:?}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Sum of the high watermarks of `topics`.
-fn end_offsets(config: &ClientConfig, topics: &[(String, i32)]) -> Result<i64> {
-    let consumer: BaseConsumer = config.create()?;
-    let mut sum = 0;
-    for (topic, partitions) in topics {
-        for partition in 0..*partitions {
-            sum += consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(10))?
-                .1;
-        }
-    }
-    Ok(sum)
 }
 
 /// Commits `total` changes of the latency test's mix, `BURST_CONNECTIONS` at a time (a row's
@@ -185,10 +82,7 @@ pub(super) async fn capture(
     cleanup: &mut Cleanup,
 ) -> Result<Capture> {
     let pid = connect_pid()?;
-    let mut topics = Vec::new();
-    for topic in &args.cdc_topics {
-        topics.push((topic.clone(), topic_partitions(&ctx.brokers, topic).await?));
-    }
+    let topics = args.cdc.with_partitions(&ctx.brokers).await?;
     let config = ctx.kafka.client_config();
     let pool = PgPoolOptions::new()
         .max_connections(u32::try_from(BURST_CONNECTIONS)?)
@@ -218,8 +112,7 @@ pub(super) async fn capture(
         let started = Instant::now();
         let inserted = write_burst(&pool, args.capture_changes).await?;
         let written = started.elapsed();
-        let (c, t) = (config.clone(), topics.clone());
-        let before = tokio::task::spawn_blocking(move || end_offsets(&c, &t)).await??;
+        let before = end_offsets_now(&config, &topics).await?;
         ensure!(
             before == start_sum,
             "Debezium's topics grew by {} records while the connector was paused",
@@ -235,45 +128,18 @@ pub(super) async fn capture(
     pool.close().await;
 
     // Capture: from the resume to every change in Kafka.
-    let resumed_at = Instant::now();
-    let target = start_sum + i64::try_from(args.capture_changes)?;
-    let past_queue = start_sum + i64::try_from(queue)?;
-    let mut queue_sent_at = None;
-    loop {
-        let (c, t) = (config.clone(), topics.clone());
-        let now = tokio::task::spawn_blocking(move || end_offsets(&c, &t)).await??;
-        if now >= past_queue && queue_sent_at.is_none() {
-            queue_sent_at = Some((Instant::now(), now - start_sum));
-        }
-        if now >= target {
-            ensure!(
-                now == target,
-                "Debezium's topics grew by {} records for {} changes",
-                now - start_sum,
-                args.capture_changes
-            );
-            break;
-        }
-        ensure!(
-            resumed_at.elapsed() < args.run.run_timeout(),
-            "Debezium captured {} of {} changes within {:?}",
-            now - start_sum,
-            args.capture_changes,
-            args.run.run_timeout()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let capture_seconds = resumed_at.elapsed().as_secs_f64();
+    let timing = time_capture(
+        &config,
+        &topics,
+        start_sum,
+        queue,
+        Instant::now(),
+        CaptureEnd::Exactly(args.capture_changes),
+        args.run.run_timeout(),
+    )
+    .await?;
     let window_seconds = paused_at.elapsed().as_secs_f64();
     let connect_cpu = cpu_seconds(&pid).context("reading Connect's CPU time")? - cpu_before;
-    // Past the queue: changes still to come once the topics had grown by the queue's size.
-    let live = queue_sent_at
-        .filter(|(_, grown)| *grown < target - start_sum)
-        .map(|(at, grown)| -> Result<(u64, f64)> {
-            let rest = u64::try_from(target - start_sum - grown)?;
-            Ok((rest, at.elapsed().as_secs_f64()))
-        })
-        .transpose()?;
 
     // Connect idle over as long a window, once the capture has settled.
     wait_until_quiet(args.quiet_wait()).await;
@@ -288,7 +154,7 @@ pub(super) async fn capture(
     wait_until_quiet(args.quiet_wait()).await;
     let drain = run_in_group(
         launcher,
-        &args.cdc_topics,
+        &args.cdc.cdc_topics,
         &group,
         &keyspace,
         usize::try_from(args.capture_changes)?,
@@ -316,9 +182,8 @@ pub(super) async fn capture(
         users_inserted,
         orders_inserted,
         write_seconds: written.as_secs_f64(),
-        capture_seconds,
+        timing,
         queue,
-        live,
         window_seconds,
         connect_cpu,
         connect_idle_cpu,
@@ -327,7 +192,7 @@ pub(super) async fn capture(
 }
 
 #[allow(clippy::cast_precision_loss)]
-pub(super) fn report_capture(capture: &Capture) {
+pub(super) fn report_capture(capture: &Capture, write_rate: Option<&WriteRate>, args: &CdcArgs) {
     let per_10k = |cpu: f64| cpu * 10_000.0 / capture.changes as f64;
     let changes = capture.changes as f64;
     let cdc_cpu = capture.drain.cpu_seconds.unwrap_or(f64::NAN);
@@ -353,20 +218,20 @@ pub(super) fn report_capture(capture: &Capture) {
         capture.connect_idle_cpu,
         per_10k(connect_net)
     );
-    let live_rate = capture.live.map(|(rest, seconds)| rest as f64 / seconds);
-    match capture.live {
+    let live_rate = capture.timing.rate_past_queue();
+    match capture.timing.past_queue {
         Some((rest, seconds)) => println!(
             "   Debezium capture: resume → all in Kafka {:.1} s ({:.0} changes/s with the queue); \
              past the queue {rest} changes in {seconds:.1} s: {:.0} changes/s",
-            capture.capture_seconds,
-            changes / capture.capture_seconds,
+            capture.timing.seconds,
+            changes / capture.timing.seconds,
             rest as f64 / seconds
         ),
         None => println!(
             "   Debezium capture: resume → all in Kafka {:.1} s ({:.0} changes/s with the queue); \
              no changes past the queue to time (raise --capture-changes)",
-            capture.capture_seconds,
-            changes / capture.capture_seconds
+            capture.timing.seconds,
+            changes / capture.timing.seconds
         ),
     }
     println!(
@@ -387,4 +252,15 @@ pub(super) fn report_capture(capture: &Capture) {
         cdc_cpu / capture.connect_cpu,
         cdc_cpu / connect_net
     );
+    if let (Some(rate), Some(debezium)) = (write_rate, live_rate) {
+        let (ours, grouped) = rate.drain_rates(args);
+        println!(
+            "   Same run, against Debezium's {debezium:.0} changes/s past its queue: cdcconsumer \
+             drained the write-rate backlog at {ours:.0} changes/s ({:.2}×, target ≥ 2×); the bare \
+             loop sending grouped requests, Cassandra's own limit for those writes here with \
+             nothing of cdcconsumer's in it, at {grouped:.0} changes/s ({:.2}×)",
+            ours / debezium,
+            grouped / debezium
+        );
+    }
 }

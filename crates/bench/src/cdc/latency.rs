@@ -573,10 +573,7 @@ pub(super) async fn latency(
         .connect(&ctx.database_url)
         .await
         .context("connecting to PostgreSQL")?;
-    let mut topics = Vec::new();
-    for topic in &args.cdc_topics {
-        topics.push((topic.clone(), topic_partitions(&ctx.brokers, topic).await?));
-    }
+    let topics = args.cdc.with_partitions(&ctx.brokers).await?;
     let busy_before = wait_until_quiet(args.quiet_wait()).await;
 
     // cdcconsumer's group starts at the topics' end.
@@ -586,7 +583,7 @@ pub(super) async fn latency(
     let (c, g, t) = (config.clone(), group.clone(), topics.clone());
     let start = tokio::task::spawn_blocking(move || commit_end_offsets(&c, &g, &t)).await??;
     let metrics_addr = free_metrics_addr()?;
-    let command = launcher.command(&args.cdc_topics, &group, &keyspace, 0, &metrics_addr);
+    let command = launcher.command(&args.cdc.cdc_topics, &group, &keyspace, 0, &metrics_addr);
     let mut subject = Subject::spawn(command)?;
     let (c, g) = (config.clone(), group.clone());
     let stable =

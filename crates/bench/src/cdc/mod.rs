@@ -95,8 +95,8 @@ use uuid::Uuid;
 
 use crate::common::{
     self, cpu_seconds, drop_keyspace, kafka_env, locate_binary, median, mib, percentile, send_all,
-    tail, unique_name, wait_until_quiet, AbortOnDrop, Cleanup, Record, RunArgs, Subject,
-    SAMPLE_EVERY,
+    tail, unique_name, wait_until_quiet, AbortOnDrop, CdcTopicArgs, Cleanup, Record, RunArgs,
+    Subject, SAMPLE_EVERY,
 };
 use crate::Context as BenchContext;
 
@@ -170,14 +170,10 @@ pub struct CdcArgs {
     /// cdcconsumer's `--idle-timeout-secs` in the write-rate runs (not part of the time).
     #[arg(long, default_value_t = 2)]
     pub idle_timeout_secs: u64,
-    /// Debezium's topics for users and orders: the latency test reads them, and the write-rate
-    /// topics copy their partition counts.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "cdc.public.users,cdc.public.orders"
-    )]
-    pub cdc_topics: Vec<String>,
+    /// Debezium's topics: the latency test reads them, and the write-rate topics copy their
+    /// partition counts.
+    #[command(flatten)]
+    pub cdc: CdcTopicArgs,
     /// Changes per second the latency test commits to PostgreSQL.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: u32,
@@ -290,10 +286,7 @@ impl Launcher<'_> {
 pub async fn run(ctx: &BenchContext, args: &CdcArgs, cleanup: &mut Cleanup) -> Result<()> {
     let command_line = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
     let consistency = args.cassandra.consistency;
-    ensure!(
-        args.cdc_topics.len() == 2,
-        "--cdc-topics takes two topics: users, orders"
-    );
+    args.cdc.check()?;
     ensure!(
         args.lanes > 0 && args.max_batch > 0,
         "--lanes and --max-batch must be positive"
@@ -307,8 +300,8 @@ pub async fn run(ctx: &BenchContext, args: &CdcArgs, cleanup: &mut Cleanup) -> R
         .cassandra_control(&args.cassandra.cassandra_nodes)
         .await?;
     let partitions = (
-        topic_partitions(&ctx.brokers, &args.cdc_topics[0]).await?,
-        topic_partitions(&ctx.brokers, &args.cdc_topics[1]).await?,
+        topic_partitions(&ctx.brokers, &args.cdc.cdc_topics[0]).await?,
+        topic_partitions(&ctx.brokers, &args.cdc.cdc_topics[1]).await?,
     );
     let load_before = common::load_average();
 
@@ -371,7 +364,7 @@ pub async fn run(ctx: &BenchContext, args: &CdcArgs, cleanup: &mut Cleanup) -> R
         report_latency(args, latency);
     }
     if let Ok(Some(capture)) = &capture {
-        report_capture(capture);
+        report_capture(capture, write_rate.as_ref(), args);
     }
     println!();
     println!(

@@ -387,6 +387,20 @@ pub(super) struct WriteRate {
 }
 
 impl WriteRate {
+    /// Median changes per second of cdcconsumer and of the bare loop sending grouped requests.
+    #[allow(clippy::cast_precision_loss)]
+    pub(super) fn drain_rates(&self, args: &CdcArgs) -> (f64, f64) {
+        let in_flight =
+            usize::try_from(self.partitions.0 + self.partitions.1).unwrap_or(0) * args.lanes;
+        let rate = |samples: &[RateSample]| {
+            self.changes as f64 / median(&samples.iter().map(|s| s.seconds).collect::<Vec<_>>())
+        };
+        (
+            rate(self.of(Variant::Ours)),
+            rate(self.of(Variant::BareGrouped(in_flight))),
+        )
+    }
+
     fn of(&self, variant: Variant) -> &[RateSample] {
         self.variants
             .iter()
